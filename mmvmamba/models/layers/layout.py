@@ -1,0 +1,73 @@
+"""Layout-aware building blocks.
+
+VMamba has two memory layouts with identical parameters: channel-first ``[B, C, H, W]`` (the official
+``norm_layer='ln2d'``) and channel-last ``[B, H, W, C]`` (``'ln'``). Linear weights are stored ``(out, in)`` in both.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a ``[B, C, H, W]`` map (eps 1e-5 like the official models)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Linear2d(nn.Linear):
+    """A Linear applied to the channels of a ``[B, C, H, W]`` map (a 1x1 convolution with an ``(out, in)`` weight).
+
+    Like the official channel-first models it also accepts conv-shaped ``(out, in, 1, 1)`` weights when loading.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'weight'
+        weight = state_dict.get(key)
+        if weight is not None and weight.dim() == 4 and weight.shape[2:] == (1, 1):
+            state_dict = dict(state_dict)  # never mutate the caller's dict
+            state_dict[key] = weight.flatten(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Permute(nn.Module):
+    """Permute dimensions; a placeholder that keeps the official ``nn.Sequential`` indices (``patch_embed.5``)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+    def extra_repr(self) -> str:
+        return f'dims={self.dims}'
+
+
+TO_CHANNEL_LAST = (0, 2, 3, 1)
+TO_CHANNEL_FIRST = (0, 3, 1, 2)
+
+
+def norm_layer(channels: int, channel_first: bool) -> nn.Module:
+    """LayerNorm over channels for the given layout."""
+    return LayerNorm2d(channels) if channel_first else nn.LayerNorm(channels)
+
+
+def linear_layer(in_features: int, out_features: int, bias: bool, channel_first: bool) -> nn.Module:
+    """Channel projection for the given layout."""
+    cls = Linear2d if channel_first else nn.Linear
+    return cls(in_features, out_features, bias=bias)
+
+
+def to_channel_last(channel_first: bool) -> nn.Module:
+    """Identity for channel-last models; ``[B, C, H, W] -> [B, H, W, C]`` placeholder otherwise (see stems)."""
+    return nn.Identity() if channel_first else Permute(*TO_CHANNEL_LAST)
+
+
+def to_channel_first(channel_first: bool) -> nn.Module:
+    return nn.Identity() if channel_first else Permute(*TO_CHANNEL_FIRST)
