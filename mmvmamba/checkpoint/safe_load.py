@@ -5,13 +5,15 @@ files we must read contain other pickled objects:
 
 * the official VMamba classification checkpoints pickle their yacs training config (``yacs.config.CfgNode``);
 * the checkpoints mmengine writes (and so every released Mask R-CNN / UperNet file) pickle the message hub's
-  ``HistoryBuffer`` and numpy arrays and scalars.
+  ``HistoryBuffer``, the statistics methods it refers to (as ``getattr(HistoryBuffer, 'mean')``), and numpy
+  arrays and scalars.
 
-The allow-list below names exactly those types. The yacs config is rebuilt as an inert dict (``PickledConfig``),
+The allow-list below names exactly those types. The yacs config is rebuilt as an inert OrderedDict (``PickledConfig``),
 so yacs need not be installed and none of its code runs. Anything else in a file is refused with an error that
 names the type; we never fall back to ``weights_only=False``.
 """
 import pickle
+from collections import OrderedDict
 from collections.abc import Callable
 from os import PathLike
 
@@ -20,8 +22,28 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 
-class PickledConfig(dict):
-    """Inert stand-in for a pickled ``yacs.config.CfgNode``: its items, and its attributes in ``__dict__``."""
+class PickledConfig:
+    """Inert stand-in for a pickled ``yacs.config.CfgNode``: rebuilt as an ``OrderedDict`` of its items.
+
+    ``torch.load(weights_only=True)`` fills only plain dict types, so the stand-in creates an OrderedDict; the
+    CfgNode's own attributes (its immutability flags) end up in that OrderedDict's ``__dict__``.
+    """
+
+    def __new__(cls, *args, **kwargs) -> OrderedDict:
+        return OrderedDict()
+
+
+# HistoryBuffer's built-in statistics (it fills its registry with them lazily, on the first instance).
+_HISTORY_BUFFER_STATISTICS = ('min', 'max', 'current', 'mean')
+
+
+def _history_buffer_statistic(owner, name: str):
+    """Stands in for ``builtins.getattr`` while unpickling: only a HistoryBuffer statistics method may be looked up."""
+    allowed = set(_HISTORY_BUFFER_STATISTICS) | set(HistoryBuffer._statistics_methods)
+    if owner is HistoryBuffer and name in allowed:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f'refusing getattr({owner!r}, {name!r}) while unpickling: only HistoryBuffer '
+                                 f'statistics methods {sorted(allowed)} are allowed')
 
 
 def _numpy_types() -> list[tuple[Callable, str] | Callable]:
@@ -43,6 +65,7 @@ def checkpoint_safe_globals() -> list[tuple[Callable, str] | Callable]:
     return [
         (PickledConfig, 'yacs.config.CfgNode'),
         HistoryBuffer,
+        (_history_buffer_statistic, 'builtins.getattr'),
         *_numpy_types(),
     ]
 
@@ -64,8 +87,11 @@ def safe_load(path: str | PathLike, map_location: str | torch.device | None = 'c
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file holds a pickled type outside the allow-list (named in the message).
     """
+    # The context manager un-registers what it added on exit: add only what is not registered process-wide already.
+    registered = torch.serialization.get_safe_globals()
+    missing = [item for item in checkpoint_safe_globals() if item not in registered]
     try:
-        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+        with torch.serialization.safe_globals(missing):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(f'refusing to load {path}: it pickles a type outside the checkpoint allow-list, '

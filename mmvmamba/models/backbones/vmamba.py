@@ -141,7 +141,7 @@ class VMamba(BaseModule):
             x = layer.forward_blocks(x)
             if i in self.out_indices:
                 out = getattr(self, f'outnorm{i}')(x)
-                outs.append(out if self.channel_first else out.permute(0, 3, 1, 2).contiguous())
+                outs.append((out if self.channel_first else out.permute(0, 3, 1, 2)).contiguous())
             x = layer.downsample(x)
         return tuple(outs)
 

@@ -57,7 +57,7 @@ def resolve_arch(arch: str | dict, **overrides) -> dict:
         settings = dict(arch)
     else:
         raise TypeError(f'arch must be a preset name or a dict, got {type(arch).__name__}')
-    unknown = sorted(set(settings) - set(ARCH_FIELDS))
+    unknown = sorted((set(settings) | set(overrides)) - set(ARCH_FIELDS))
     if unknown:
         raise ValueError(f'unknown arch fields {unknown}; valid: {sorted(ARCH_FIELDS)}')
     settings.update({key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,8 @@
+"""Test settings shared by every test folder."""
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,246 @@
+"""Checkpoint loading: official formats, the allow-listed unpickler, refusals, and mmengine's own checkpoints."""
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.model import BaseModel
+from mmengine.runner import Runner, load_checkpoint
+from torch.utils.data import Dataset
+
+from mmvmamba import VMamba
+from mmvmamba.checkpoint import convert_vmamba_official, safe_load
+from tests.paths import REPO_ROOT, fixtures_dir
+
+SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
+
+
+def _model(**kwargs) -> VMamba:
+    return VMamba(**SMALL, **kwargs).eval()
+
+
+def _outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _load_via_init_cfg(path, **cfg) -> VMamba:
+    model = _model(init_cfg=dict(type='Pretrained', checkpoint=str(path), **cfg))
+    model.init_weights()
+    return model.eval()
+
+
+def _classification_state(model: VMamba) -> dict:
+    """The state dict a classification VSSM would save: no outnorms, a classifier."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith('outnorm')}
+    state['classifier.norm.weight'] = torch.ones(128)
+    state['classifier.head.weight'] = torch.zeros(10, 128)
+    return state
+
+
+def test_classification_checkpoint_with_a_pickled_yacs_config(tmp_path, monkeypatch):
+    """The released files pickle a yacs CfgNode; it loads as inert data without yacs installed."""
+    source = _model()
+    yacs, yacs_config = types.ModuleType('yacs'), types.ModuleType('yacs.config')
+    cfg_node = type('CfgNode', (dict, ), {'__module__': 'yacs.config'})
+    yacs_config.CfgNode, yacs.config = cfg_node, yacs_config
+    monkeypatch.setitem(sys.modules, 'yacs', yacs)
+    monkeypatch.setitem(sys.modules, 'yacs.config', yacs_config)
+    config = cfg_node(MODEL=cfg_node(NAME='vssm'), TRAIN=cfg_node(EPOCHS=300))
+    config.__dict__['__immutable__'] = True
+    path = tmp_path / 'cls.pth'
+    torch.save({'model': _classification_state(source), 'config': config, 'epoch': 3}, path)
+    monkeypatch.delitem(sys.modules, 'yacs')
+    monkeypatch.delitem(sys.modules, 'yacs.config')
+
+    loaded = safe_load(path)
+    assert isinstance(loaded['config'], dict) and loaded['config']['MODEL']['NAME'] == 'vssm'
+    model = _load_via_init_cfg(path)
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(_outputs(source, x), _outputs(model, x)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+
+    class Payload:
+
+        def __reduce__(self):
+            return (Path.touch, (marker, ))
+
+    path = tmp_path / 'evil.pth'
+    torch.save({'model': _model().state_dict(), 'extra': Payload()}, path)
+    with pytest.raises(ValueError, match='allow-list'):
+        _load_via_init_cfg(path)
+    assert not marker.exists()
+
+
+def test_use_ema_takes_model_ema(tmp_path):
+    plain, ema = _model(), _model()
+    path = tmp_path / 'ema.pth'
+    torch.save({'model': _classification_state(plain), 'model_ema': _classification_state(ema)}, path)
+    x = torch.randn(1, 3, 24, 24)
+    for ref, use_ema in ((plain, False), (ema, True)):
+        got = _outputs(_load_via_init_cfg(path, use_ema=use_ema), x)
+        for a, b in zip(_outputs(ref, x), got):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_use_ema_without_model_ema_raises(tmp_path):
+    path = tmp_path / 'no_ema.pth'
+    torch.save({'model': _model().state_dict()}, path)
+    with pytest.raises(KeyError, match='model_ema'):
+        _load_via_init_cfg(path, use_ema=True)
+
+
+def test_a_checkpoint_of_another_variant_lists_the_mismatches(tmp_path):
+    path = tmp_path / 'vanilla.pth'
+    torch.save({'model': VMamba(arch='vanilla-tiny', dims=16, depths=(1, 1, 2, 1)).state_dict()}, path)
+    with pytest.raises(ValueError, match='another variant') as err:
+        _load_via_init_cfg(path)
+    assert 'layers.0.blocks.0.op.in_proj.weight' in str(err.value)
+    assert 'layers.0.blocks.0.mlp.fc1.weight' in str(err.value)  # missing: vanilla has no MLP
+
+
+@pytest.mark.parametrize('change', ['missing', 'unexpected'])
+def test_missing_or_unexpected_keys_are_listed(tmp_path, change):
+    state = _model().state_dict()
+    if change == 'missing':
+        del state['layers.1.blocks.0.op.A_logs']
+        key = 'layers.1.blocks.0.op.A_logs'
+    else:
+        key = 'layers.1.blocks.0.op.extra'
+        state[key] = torch.zeros(1)
+    path = tmp_path / 'broken.pth'
+    torch.save({'state_dict': state}, path)
+    with pytest.raises(ValueError, match=f'{change} keys \\(1\\): \\[.{key}.\\]'):
+        _load_via_init_cfg(path)
+
+
+def test_outnorms_of_unused_stages_are_not_an_error(tmp_path):
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in _model().state_dict().items()}}, path)
+    model = VMamba(**SMALL, out_indices=(2, 3), init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+
+
+def test_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        _load_via_init_cfg(tmp_path / 'nope.pth')
+
+
+def test_legacy_names_are_renamed():
+    legacy = {
+        'patch_embed.proj.weight': torch.zeros(1),
+        'patch_embed.norm.bias': torch.zeros(1),
+        'layers.2.blocks.11.ln_1.weight': torch.zeros(1),
+        'layers.2.blocks.11.self_attention.A_logs': torch.zeros(1),
+        'layers.0.downsample.reduction.weight': torch.zeros(2, 4),
+        'norm.weight': torch.zeros(1),
+        'head.bias': torch.zeros(1),
+    }
+    converted, dropped = convert_vmamba_official({'model': legacy})
+    assert list(converted) == [
+        'patch_embed.0.weight', 'patch_embed.2.bias', 'layers.2.blocks.11.norm.weight',
+        'layers.2.blocks.11.op.A_logs', 'layers.0.downsample.reduction.weight'
+    ]
+    assert dropped == ['classifier.head.bias', 'classifier.norm.weight']
+
+
+def test_conversion_is_idempotent_and_unwraps_module_prefix():
+    state = {'module.backbone.' + k: v for k, v in _model().state_dict().items()}
+    state['module.neck.conv.weight'] = torch.zeros(1)
+    once, _ = convert_vmamba_official({'state_dict': state})
+    twice, _ = convert_vmamba_official(once)
+    assert list(once) == list(twice) == list(_model().state_dict())
+
+
+def test_converter_tool(tmp_path):
+    source = _model()
+    src, dst = tmp_path / 'cls.pth', tmp_path / 'out' / 'vmamba.pth'
+    torch.save({'model': _classification_state(source), 'epoch': 1}, src)
+    tool = [sys.executable, str(REPO_ROOT / 'tools' / 'convert_official_ckpt.py'), str(src), str(dst)]
+    subprocess.run(tool, check=True, capture_output=True)
+    state = torch.load(dst, weights_only=True)
+    assert not any(k.startswith('classifier') for k in state)
+    reloaded = _model()
+    reloaded.load_state_dict(state, strict=False)
+    result = subprocess.run(tool, capture_output=True, text=True)  # never overwrites without --force
+    assert result.returncode != 0 and 'exists' in result.stderr
+
+
+def test_released_det_fixture_converts_to_the_variant_state_dict():
+    fixture = torch.load(fixtures_dir() / 'a_tiny_s1l8_ln2d.pt', weights_only=True)
+    det = safe_load(fixtures_dir() / 'a_tiny_s1l8_ln2d_det_ckpt.pt')
+    converted, _ = convert_vmamba_official(det)
+    assert list(converted) == list(fixture['state_dict'])
+    assert all(torch.equal(converted[k], v) for k, v in fixture['state_dict'].items())
+
+
+# ---- mmengine's own checkpoints: written by a Runner, read back by mmengine with torch's weights_only default ----
+
+
+class _Detector(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = VMamba(**SMALL)
+        self.head = nn.Linear(128, 1)
+
+    def forward(self, inputs, mode='tensor'):
+        feats = self.backbone(torch.stack(inputs))
+        out = self.head(feats[-1].mean((2, 3)))
+        return dict(loss=out.square().mean()) if mode == 'loss' else out
+
+
+class _Images(Dataset):
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return dict(inputs=torch.randn(3, 32, 32))
+
+
+def _runner(work_dir, max_iters, **kwargs):
+    return Runner(
+        model=_Detector(),
+        work_dir=str(work_dir),
+        train_dataloader=dict(dataset=_Images(), sampler=dict(type='DefaultSampler', shuffle=True), batch_size=2,
+                              num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)),
+        param_scheduler=dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=4),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
+        **kwargs)
+
+
+def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path):
+    _runner(tmp_path, max_iters=2).train()
+    path = tmp_path / 'iter_2.pth'
+    registered = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:  # without mmvmamba's allow-list, torch refuses the file mmengine just wrote
+        with pytest.raises(pickle.UnpicklingError, match='HistoryBuffer'):
+            torch.load(path, weights_only=True)
+    finally:
+        torch.serialization.add_safe_globals(registered)
+
+    load_checkpoint(_Detector(), str(path), map_location='cpu', strict=True)  # mmengine's load_from path
+    _load_via_init_cfg(path)  # the backbone part, through init_cfg
+    resumed = _runner(tmp_path, max_iters=4, resume=True)
+    resumed.train()
+    assert resumed.iter == 4
+
+
+def test_safe_load_keeps_the_process_wide_allow_list(tmp_path):
+    path = tmp_path / 'plain.pth'
+    torch.save({'model': _model().state_dict()}, path)
+    before = torch.serialization.get_safe_globals()
+    safe_load(path)
+    assert torch.serialization.get_safe_globals() == before
