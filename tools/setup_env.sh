@@ -15,6 +15,8 @@ wheels=$cache/wheels
 mkdir -p "$wheels"
 
 log() { printf '[setup_env] %s\n' "$*"; }
+# This machine's pip configuration names optional local indexes that may not exist; pip warns once per package.
+pip() { "$py" -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }
 
 if [ ! -x "$venv/bin/python" ]; then
   log "creating virtual environment $venv with $python"
@@ -24,8 +26,8 @@ py=$venv/bin/python
 pin() { grep -E "^$1==" "$repo/requirements.txt" | sed 's/[[:space:]]*#.*//'; }
 
 # Build tools and torch first: mmcv's setup.py compiles its ops only when torch is already importable.
-"$py" -m pip install -q --upgrade "pip<27"
-"$py" -m pip install -q "$(pin setuptools)" wheel "$(pin ninja)" "$(pin numpy)" "$(pin torch)"
+pip install -q pip==26.3
+pip install -q "$(pin setuptools)" wheel "$(pin ninja)" "$(pin numpy)" "$(pin torch)"
 
 mmcv_pin=$(pin mmcv)
 mmcv_version=${mmcv_pin#mmcv==}
@@ -34,15 +36,15 @@ if ! ls "$wheels"/mmcv-"$mmcv_version"-*.whl >/dev/null 2>&1; then
   build=$(mktemp -d)
   # setuptools replaces (does not extend) CFLAGS, so these flags are the whole set: small and fast to build.
   MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-2} CFLAGS="-O2 -g0 -DNDEBUG" CXXFLAGS="-O2 -g0 -DNDEBUG" \
-    "$py" -m pip wheel -q --no-build-isolation --no-deps --no-cache-dir "$mmcv_pin" -w "$build"
+    pip wheel -q --no-build-isolation --no-deps --no-cache-dir "$mmcv_pin" -w "$build"
   mv "$build"/mmcv-*.whl "$wheels"/
   rm -rf "$build"
 else
   log "using cached mmcv wheel from $wheels"
 fi
 
-"$py" -m pip install -q --find-links "$wheels" --only-binary mmcv -r "$repo/requirements.txt"
-"$py" -m pip install -q --no-deps --no-build-isolation -e "$repo"
+pip install -q --find-links "$wheels" --only-binary mmcv -r "$repo/requirements.txt"
+pip install -q --no-deps --no-build-isolation -e "$repo"
 
 log "checking the installation"
 "$py" - <<'PY'
