@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmvmamba_kernels import cross_merge, cross_scan, selective_scan
+from mmvmamba_kernels import cross_selective_scan
 
 from .layout import linear_layer, norm_layer
 
@@ -98,21 +98,21 @@ class SS2D(nn.Module):
         return self.dropout(self.out_proj(y.to(x.dtype)))
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
-        """Cross-scan, selective scan and cross-merge of a ``[B, D, H, W]`` map; returns fp32 ``[B, D, H, W]``."""
-        batch, d_inner, height, width = x.shape
-        length = height * width
-        rows = NUM_DIRECTIONS * d_inner
-        xs = cross_scan(x)                                                       # [B, 4, D, L]
-        x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, self.x_proj_weight)           # [B, 4, R + 2N, L]
+        """Cross-scan, selective scan and cross-merge of a ``[B, D, H, W]`` map; returns fp32 ``[B, D, H, W]``.
+
+        x_proj and dt_proj are 1x1 projections, so they commute with the scan orders: they are applied in the
+        spatial layout, and the fused scan reads every direction's values through its index map (on the GPU the
+        ``[B, 4, D, L]`` cross-scanned copies are never built).
+        """
+        x_dbl = torch.einsum('bdhw,kcd->bkchw', x, self.x_proj_weight)            # [B, 4, R + 2N, H, W]
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dt = torch.einsum('bkrl,kdr->bkdl', dt, self.dt_projs_weight)            # [B, 4, D, L]
-        y = selective_scan(
-            xs.reshape(batch, rows, length),
-            dt.reshape(batch, rows, length),
+        delta = torch.einsum('bkrhw,kdr->bkdhw', dt, self.dt_projs_weight)       # [B, 4, D, H, W]
+        return cross_selective_scan(
+            x,
+            delta,
             -torch.exp(self.A_logs.float()),
-            B.contiguous(),
-            C.contiguous(),
+            B,
+            C,
             D=self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(rows),
-            delta_softplus=True)                                                 # [B, 4*D, L], fp32
-        return cross_merge(y.view(batch, NUM_DIRECTIONS, d_inner, height, width))
+            delta_bias=self.dt_projs_bias.float().flatten(),
+            delta_softplus=True)

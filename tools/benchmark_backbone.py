@@ -1,0 +1,174 @@
+"""Whole-model speed and memory of VMamba on a GPU, measured the way ../shared/spec/anchors.md measures the official one.
+
+    python tools/benchmark_backbone.py                       # every case of the anchors table
+    python tools/benchmark_backbone.py --cases cls-tiny dense-coco --dtype bf16
+    python tools/benchmark_backbone.py --stability-steps 1000  # dense fp16 training with a GradScaler: NaN/inf check
+
+Cases: ``cls-{tiny,small,base}``: the classification-shaped model (backbone, LayerNorm, average pool, 1000-way
+linear head) at 224x224, batch 128; ``dense-coco``: VMamba-T backbone (4 outputs) on 2x3x800x1333; ``dense-ade``:
+8x3x512x512. Each is timed for inference (``torch.no_grad``) and forward+backward (no optimizer) with CUDA events
+after warm-up; the median of ``--iters`` runs is reported with peak memory. Settings as the official throughput
+script: cudnn.benchmark on, TF32 for convolutions on, TF32 for matmul off, autocast in ``--dtype``.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from mmvmamba import VMamba
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+CASES = {
+    'cls-tiny': dict(arch='tiny', shape=(128, 3, 224, 224), classifier=True),
+    'cls-small': dict(arch='small', shape=(128, 3, 224, 224), classifier=True),
+    'cls-base': dict(arch='base', shape=(128, 3, 224, 224), classifier=True),
+    'dense-coco': dict(arch='tiny', shape=(2, 3, 800, 1333), classifier=False),
+    'dense-ade': dict(arch='tiny', shape=(8, 3, 512, 512), classifier=False),
+}
+
+
+class Classifier(nn.Module):
+    """The official classification model's shape: backbone, norm of the last stage, average pool, linear head.
+
+    The backbone's ``outnorm3`` plays the official ``classifier.norm`` (a LayerNorm over the last stage's channels).
+    """
+
+    def __init__(self, arch: str, num_classes: int = 1000):
+        super().__init__()
+        self.backbone = VMamba(arch=arch, out_indices=(3, ))
+        self.head = nn.Linear(self.backbone.dims[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x)[0].mean((2, 3)))
+
+
+def build(case: dict) -> nn.Module:
+    model = Classifier(case['arch']) if case['classifier'] else VMamba(arch=case['arch'])
+    return model.cuda()
+
+
+def loss_of(outputs) -> torch.Tensor:
+    outputs = outputs if isinstance(outputs, tuple) else (outputs, )
+    return sum(o.float().square().mean() for o in outputs)
+
+
+def time_ms(step, warmup: int, iters: int) -> float:
+    """Median milliseconds of ``step()`` over ``iters`` runs, each between two CUDA events, after ``warmup`` runs."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_model: bool) -> list[dict]:
+    case = CASES[name]
+    model = build(case)
+    runner = torch.compile(model) if compile_model else model
+    x = torch.randn(case['shape'], device='cuda')
+    batch = case['shape'][0]
+    rows = []
+    for mode in ('infer', 'train'):
+        model.train(mode == 'train')
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+        def step():
+            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+                if mode == 'infer':
+                    with torch.no_grad():
+                        runner(x)
+                else:
+                    loss_of(runner(x)).backward()
+
+        ms = time_ms(step, warmup, iters)
+        rows.append(dict(case=name, mode=mode, dtype=str(dtype).removeprefix('torch.'), compiled=compile_model,
+                         shape=list(case['shape']), ms=round(ms, 3), img_per_s=round(batch * 1000 / ms, 1),
+                         peak_mib=round(torch.cuda.max_memory_allocated() / 2**20)))
+        print(json.dumps(rows[-1]), flush=True)
+    del model, runner
+    return rows
+
+
+def stability(steps: int) -> dict:
+    """Dense VMamba-T training steps under fp16 autocast with a GradScaler and AdamW; counts non-finite values."""
+    model = VMamba(arch='tiny').cuda().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    scaler = torch.amp.GradScaler('cuda')
+    generator = torch.Generator(device='cuda').manual_seed(0)
+    nonfinite_losses, skipped_steps = 0, 0
+    for _ in range(steps):
+        x = torch.randn((2, 3, 800, 1333), device='cuda', generator=generator)
+        with torch.autocast('cuda', dtype=torch.float16):
+            outs = model(x)
+            loss = sum(o.float().square().mean() for o in outs)
+        nonfinite_losses += int(not torch.isfinite(loss))
+        optimizer.zero_grad(set_to_none=True)
+        scale = scaler.get_scale()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped_steps += int(scaler.get_scale() < scale)  # the scaler skips a step when it found inf/NaN grads
+    params_finite = all(torch.isfinite(p).all() for p in model.parameters())
+    result = dict(check='stability', steps=steps, nonfinite_losses=nonfinite_losses, scaler_skipped_steps=skipped_steps,
+                  params_finite=bool(params_finite), final_loss=float(loss))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def settings() -> dict:
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+                cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
+                tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                commit=commit or 'unknown')
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--cases', nargs='+', choices=sorted(CASES), default=list(CASES))
+    parser.add_argument('--dtype', nargs='+', choices=sorted(DTYPES), default=['bf16'])
+    parser.add_argument('--warmup', type=int, default=10)
+    parser.add_argument('--iters', type=int, default=30)
+    parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
+    parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
+    parser.add_argument('--out', type=Path, help='write the rows as JSON here')
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if not torch.cuda.is_available():
+        sys.exit('benchmark_backbone.py needs a CUDA GPU')
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    info = settings()
+    print(json.dumps(info), flush=True)
+    if args.stability_steps:
+        rows = [stability(args.stability_steps)]
+    else:
+        rows = [row for name in args.cases for dtype in args.dtype for compiled in ([False, True] if args.compile
+                                                                                     else [False])
+                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled)]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(dict(settings=info, rows=rows), indent=1))
+
+
+if __name__ == '__main__':
+    main()
