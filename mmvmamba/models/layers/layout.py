@@ -7,14 +7,38 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmvmamba_kernels import layer_norm
 
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a ``[B, C, H, W]`` map (eps 1e-5 like the official models)."""
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dimension with fp32 statistics (eps 1e-5 like the official models).
+
+    Args:
+        channels: Size of the last dimension.
+        cast_to_autocast: Under autocast, return the autocast dtype instead of fp32. Set it for norms whose output
+            only feeds a matmul (which would cast it anyway); the norms that start a residual stream keep fp32.
+            Default: False.
+    """
+
+    def __init__(self, channels: int, cast_to_autocast: bool = False):
+        super().__init__(channels)
+        self.cast_to_autocast = cast_to_autocast
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        out_dtype = None
+        if self.cast_to_autocast and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
+        return layer_norm(x, self.weight, self.bias, self.eps, out_dtype)
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, cast_to_autocast={self.cast_to_autocast}'
+
+
+class LayerNorm2d(LayerNorm):
+    """:class:`LayerNorm` over the channels of a ``[B, C, H, W]`` map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class Linear2d(nn.Linear):
@@ -54,9 +78,9 @@ TO_CHANNEL_LAST = (0, 2, 3, 1)
 TO_CHANNEL_FIRST = (0, 3, 1, 2)
 
 
-def norm_layer(channels: int, channel_first: bool) -> nn.Module:
-    """LayerNorm over channels for the given layout."""
-    return LayerNorm2d(channels) if channel_first else nn.LayerNorm(channels)
+def norm_layer(channels: int, channel_first: bool, cast_to_autocast: bool = False) -> nn.Module:
+    """LayerNorm over channels for the given layout (see :class:`LayerNorm` for ``cast_to_autocast``)."""
+    return (LayerNorm2d if channel_first else LayerNorm)(channels, cast_to_autocast)
 
 
 def linear_layer(in_features: int, out_features: int, bias: bool, channel_first: bool) -> nn.Module:

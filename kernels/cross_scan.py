@@ -1,0 +1,204 @@
+"""Triton cross-scan and cross-merge (VMamba SS2D, K = 4 directions); each is the other's backward.
+
+A program owns one ``[BLOCK_H, BLOCK_W]`` tile of one ``(b, c)`` plane. It uses two arrangements of the tile:
+forward (element ``[i, j]`` is position ``(h0 + i, w0 + j)``) and reversed (``(h0 + BLOCK_H-1-i, w0 + BLOCK_W-1-j)``).
+Row-major and column-major addresses increase along ``j`` and ``i`` in the forward arrangement, and the reversed
+directions' addresses ``L-1-p`` increase along ``j`` and ``i`` in the reversed one, so every global access is
+contiguous along one axis of its tile and Triton can coalesce it. See kernels/README.md.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .utils import check_tensor, input_guard
+
+BLOCK_H = 32
+BLOCK_W = 32
+NUM_WARPS = 4
+
+
+@triton.jit(do_not_specialize=['C', 'H', 'W'])
+def _cross_scan_fwd_kernel(
+    p_x,   # [B, C, H, W]
+    p_xs,  # [B, 4, C, L]
+    C,
+    H,
+    W,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    i_p, i_t = tl.program_id(0), tl.program_id(1)
+    n_tw = tl.cdiv(W, BLOCK_W)
+    h0 = (i_t // n_tw) * BLOCK_H
+    w0 = (i_t % n_tw) * BLOCK_W
+    L = H * W
+    i_b = i_p // C
+    i_c = i_p - i_b * C
+    o_plane = i_p.to(tl.int64) * L
+    o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
+    s_dir = C.to(tl.int64) * L
+    o_i = tl.arange(0, BLOCK_H)
+    o_j = tl.arange(0, BLOCK_W)
+
+    f_h = h0 + o_i
+    f_w = w0 + o_j
+    m_f = (f_h[:, None] < H) & (f_w[None, :] < W)
+    b_x = tl.load(p_x + o_plane + f_h[:, None] * W + f_w[None, :], mask=m_f)
+    tl.store(p_xs + o_seq + f_h[:, None] * W + f_w[None, :], b_x, mask=m_f)
+    tl.store(p_xs + o_seq + s_dir + f_w[None, :] * H + f_h[:, None], b_x, mask=m_f)
+
+    # reversed arrangement: a second read of the same tile (cache hits) instead of a register flip
+    r_h = h0 + BLOCK_H - 1 - o_i
+    r_w = w0 + BLOCK_W - 1 - o_j
+    m_r = (r_h[:, None] < H) & (r_w[None, :] < W)
+    b_xr = tl.load(p_x + o_plane + r_h[:, None] * W + r_w[None, :], mask=m_r)
+    e_2 = (L - 1 - (h0 + BLOCK_H - 1) * W - (w0 + BLOCK_W - 1)) + o_i[:, None] * W + o_j[None, :]
+    e_3 = (L - 1 - (w0 + BLOCK_W - 1) * H - (h0 + BLOCK_H - 1)) + o_j[None, :] * H + o_i[:, None]
+    tl.store(p_xs + o_seq + 2 * s_dir + e_2, b_xr, mask=m_r)
+    tl.store(p_xs + o_seq + 3 * s_dir + e_3, b_xr, mask=m_r)
+
+
+@triton.jit(do_not_specialize=['C', 'H', 'W'])
+def _cross_scan_bwd_kernel(
+    p_dxs,  # [B, 4, C, L]
+    p_dx,   # [B, C, H, W]
+    C,
+    H,
+    W,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    i_p, i_t = tl.program_id(0), tl.program_id(1)
+    n_tw = tl.cdiv(W, BLOCK_W)
+    h0 = (i_t // n_tw) * BLOCK_H
+    w0 = (i_t % n_tw) * BLOCK_W
+    L = H * W
+    i_b = i_p // C
+    i_c = i_p - i_b * C
+    o_plane = i_p.to(tl.int64) * L
+    o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
+    s_dir = C.to(tl.int64) * L
+    o_i = tl.arange(0, BLOCK_H)
+    o_j = tl.arange(0, BLOCK_W)
+
+    f_h = h0 + o_i
+    f_w = w0 + o_j
+    m_f = (f_h[:, None] < H) & (f_w[None, :] < W)
+    b_f = tl.load(p_dxs + o_seq + f_h[:, None] * W + f_w[None, :], mask=m_f, other=0.).to(tl.float32)
+    b_f += tl.load(p_dxs + o_seq + s_dir + f_w[None, :] * H + f_h[:, None], mask=m_f, other=0.).to(tl.float32)
+
+    r_h = h0 + BLOCK_H - 1 - o_i
+    r_w = w0 + BLOCK_W - 1 - o_j
+    m_r = (r_h[:, None] < H) & (r_w[None, :] < W)
+    e_2 = (L - 1 - (h0 + BLOCK_H - 1) * W - (w0 + BLOCK_W - 1)) + o_i[:, None] * W + o_j[None, :]
+    e_3 = (L - 1 - (w0 + BLOCK_W - 1) * H - (h0 + BLOCK_H - 1)) + o_j[None, :] * H + o_i[:, None]
+    b_r = tl.load(p_dxs + o_seq + 2 * s_dir + e_2, mask=m_r, other=0.).to(tl.float32)
+    b_r += tl.load(p_dxs + o_seq + 3 * s_dir + e_3, mask=m_r, other=0.).to(tl.float32)
+    # back to the forward arrangement: reversing the flattened tile flips both axes
+    o_rev = BLOCK_H * BLOCK_W - 1 - tl.arange(0, BLOCK_H * BLOCK_W)
+    b_r = tl.reshape(tl.gather(tl.reshape(b_r, [BLOCK_H * BLOCK_W]), o_rev, 0), [BLOCK_H, BLOCK_W])
+    tl.store(p_dx + o_plane + f_h[:, None] * W + f_w[None, :], (b_f + b_r).to(p_dx.dtype.element_ty), mask=m_f)
+
+
+def _grid(planes: int, height: int, width: int) -> tuple[int, int]:
+    return planes, triton.cdiv(height, BLOCK_H) * triton.cdiv(width, BLOCK_W)
+
+
+@input_guard
+def _cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, 4, C, H*W]`` of ``x``'s dtype."""
+    batch, channels, height, width = x.shape
+    xs = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
+    if xs.numel():
+        _cross_scan_fwd_kernel[_grid(batch * channels, height, width)](
+            x, xs, channels, height, width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
+    return xs
+
+
+@input_guard
+def _cross_scan_bwd(dxs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[B, 4, C, H*W]`` -> ``[B, C, H, W]``: sum of the four directions at each position (cross-merge)."""
+    batch, _, channels, _ = dxs.shape
+    dx = torch.empty(batch, channels, height, width, dtype=dxs.dtype, device=dxs.device)
+    if dx.numel():
+        _cross_scan_bwd_kernel[_grid(batch * channels, height, width)](
+            dxs, dx, channels, height, width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
+    return dx
+
+
+@torch.library.custom_op('mmvmamba::cross_scan', mutates_args=())
+def _cross_scan_op(x: torch.Tensor) -> torch.Tensor:
+    return _cross_scan_fwd(x)
+
+
+@_cross_scan_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    batch, channels, height, width = x.shape
+    return x.new_empty(batch, 4, channels, height * width)
+
+
+@torch.library.custom_op('mmvmamba::cross_merge', mutates_args=())
+def _cross_merge_op(y: torch.Tensor) -> torch.Tensor:
+    batch, _, channels, height, width = y.shape
+    return _cross_scan_bwd(y.reshape(batch, 4, channels, height * width), height, width)
+
+
+@_cross_merge_op.register_fake
+def _(y: torch.Tensor) -> torch.Tensor:
+    batch, _, channels, height, width = y.shape
+    return y.new_empty(batch, channels, height, width)
+
+
+class CrossScanFunction(torch.autograd.Function):
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cuda')
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.hw = x.shape[2:]
+        return torch.ops.mmvmamba.cross_scan(x)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type='cuda')
+    def backward(ctx, dxs: torch.Tensor) -> torch.Tensor:
+        batch, _, channels, _ = dxs.shape
+        return torch.ops.mmvmamba.cross_merge(dxs.contiguous().view(batch, 4, channels, *ctx.hw))
+
+
+class CrossMergeFunction(torch.autograd.Function):
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cuda')
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mmvmamba.cross_merge(y)
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type='cuda')
+    def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = dy.shape
+        return torch.ops.mmvmamba.cross_scan(dy).view(batch, 4, channels, height, width)
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """Unfold a map into the four VMamba scan orders with the Triton kernel.
+
+    Args:
+        x: ``[B, C, H, W]`` fp32/fp16/bf16.
+
+    Returns:
+        ``[B, 4, C, H*W]`` of ``x``'s dtype (row-major, column-major and their reverses).
+    """
+    check_tensor('x', x, (None, None, None, None))
+    return CrossScanFunction.apply(x)
+
+
+def cross_merge(y: torch.Tensor) -> torch.Tensor:
+    """Sum the four scan orders back onto the map with the Triton kernel (the adjoint of :func:`cross_scan`).
+
+    Args:
+        y: ``[B, 4, C, H, W]`` fp32/fp16/bf16, direction ``k``'s sequence viewed as ``H x W``.
+
+    Returns:
+        ``[B, C, H, W]`` of ``y``'s dtype, accumulated in fp32.
+    """
+    check_tensor('y', y, (None, 4, None, None, None))
+    return CrossMergeFunction.apply(y)

@@ -1,0 +1,122 @@
+"""Triton fused SS2D scan stage: cross-scan + selective scan + cross-merge without the ``[B, 4, D, L]`` copies.
+
+The kernels are the selective-scan kernels of selective_scan.py run with ``SPATIAL=True``: step ``t`` of direction
+``k`` reads ``x``, ``delta``, ``B`` and ``C`` at map position ``p = pos_k(t)`` (the cross-scan orders), and the
+output (and ``dx`` in the backward) is accumulated over the four directions into the spatial ``[B, D, H, W]``
+tensor with fp32 atomics. Chunk states, segments and the adjoint scan are exactly those of the unfused kernel.
+"""
+import torch
+import triton
+
+from .selective_scan import _launch_bwd, _launch_fwd, default_seg_chunks, scan_config
+from .utils import check_cross_selective_scan_args, input_guard
+
+
+@input_guard
+def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t: int,
+                              seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused forward: ``(out [B, D, H, W] fp32, chunk-start states [B*4*D, NCHUNK, N] fp32)``."""
+    batch, dim, height, width = x.shape
+    return _launch_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
+                       height * width, (height, width))
+
+
+@input_guard
+def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool, block_t: int,
+                              seg_chunks: int) -> tuple[torch.Tensor, ...]:
+    """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the spatial layout."""
+    batch, dim, height, width = x.shape
+    dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
+                                                  block_t, seg_chunks, batch, dim, height * width, (height, width))
+    return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
+
+
+@torch.library.custom_op('mmvmamba::cross_selective_scan_fwd', mutates_args=())
+def _cross_selective_scan_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                 C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                                 delta_softplus: bool, block_t: int,
+                                 seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks)
+
+
+@_cross_selective_scan_fwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
+    batch, dim, height, width = x.shape
+    out = x.new_empty(batch, dim, height, width, dtype=torch.float32)
+    hs = x.new_empty(batch * 4 * dim, triton.cdiv(height * width, block_t), A.shape[1], dtype=torch.float32)
+    return out, hs
+
+
+@torch.library.custom_op('mmvmamba::cross_selective_scan_bwd', mutates_args=())
+def _cross_selective_scan_bwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                                 C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                                 dout: torch.Tensor, hs: torch.Tensor, delta_softplus: bool, block_t: int,
+                                 seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                           torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t,
+                                     seg_chunks)
+
+
+@_cross_selective_scan_bwd_op.register_fake
+def _(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t, seg_chunks):
+    rows = A.shape[0]
+    f32 = dict(dtype=torch.float32)
+    return (torch.empty_like(x), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), x.new_empty(rows, **(f32 if D is None else dict(dtype=D.dtype))),
+            x.new_empty(rows, **(f32 if delta_bias is None else dict(dtype=delta_bias.dtype))))
+
+
+class CrossSelectiveScanFunction(torch.autograd.Function):
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type='cuda')
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
+        out, hs = torch.ops.mmvmamba.cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                               block_t, seg_chunks)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, hs)
+        ctx.delta_softplus, ctx.block_t, ctx.seg_chunks = delta_softplus, block_t, seg_chunks
+        return out
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type='cuda')
+    def backward(ctx, dout):
+        x, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
+        dx, ddelta, dA, dB, dC, dD, ddb = torch.ops.mmvmamba.cross_selective_scan_bwd(
+            x, delta, A, B, C, D, delta_bias, dout, hs, ctx.delta_softplus, ctx.block_t, ctx.seg_chunks)
+        return (dx, ddelta, dA, dB, dC, dD if D is not None else None, ddb if delta_bias is not None else None,
+                None, None, None)
+
+
+def cross_selective_scan(x: torch.Tensor,
+                         delta: torch.Tensor,
+                         A: torch.Tensor,
+                         B: torch.Tensor,
+                         C: torch.Tensor,
+                         D: torch.Tensor | None = None,
+                         delta_bias: torch.Tensor | None = None,
+                         delta_softplus: bool = True,
+                         seg_chunks: int | None = None) -> torch.Tensor:
+    """Fused SS2D scan stage with the Triton kernels (same math and arguments as :func:`cross_selective_scan_ref`).
+
+    Args:
+        x: ``[B, D, H, W]`` fp32/fp16/bf16.
+        delta: ``[B, 4, D, H, W]`` (spatial layout).
+        A: ``[4*D, N]``.
+        B: ``[B, 4, N, H, W]`` (spatial layout).
+        C: ``[B, 4, N, H, W]``.
+        D: ``[4*D]``. Default: None.
+        delta_bias: ``[4*D]``. Default: None.
+        delta_softplus: apply softplus to ``delta + delta_bias``. Default: True.
+        seg_chunks: chunks per L-segment. Default: None (chosen from the GPU's size).
+
+    Returns:
+        ``[B, D, H, W]`` fp32.
+    """
+    check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias)
+    batch, dim, height, width = x.shape
+    cfg = scan_config(height * width, A.shape[1])
+    n_chunk = triton.cdiv(height * width, cfg['block_t'])
+    if seg_chunks is None:
+        seg_chunks = default_seg_chunks(batch * 4 * triton.cdiv(dim, cfg['block_d_fwd']), n_chunk, x.device)
+    return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, cfg['block_t'],
+                                            seg_chunks)

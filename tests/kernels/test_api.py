@@ -1,0 +1,105 @@
+"""Dispatch rules, argument errors, the custom-op registration and torch.compile of the public API."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mmvmamba_kernels as mk
+from tests.kernels.test_selective_scan import DEVICE, make_inputs
+
+
+def test_refs_import_without_triton():
+    code = ("import sys; sys.modules['triton'] = None\n"
+            "import mmvmamba_kernels as mk\n"
+            "from mmvmamba_kernels.cross_scan_ref import cross_scan_ref\n"
+            "from mmvmamba_kernels.selective_scan_ref import selective_scan_ref\n"
+            "from mmvmamba_kernels.cross_selective_scan_ref import cross_selective_scan_ref\n"
+            "import torch\n"
+            "assert not mk.HAS_TRITON\n"
+            "x = torch.randn(1, 2, 3, 5)\n"
+            "assert torch.equal(mk.cross_scan(x), cross_scan_ref(x))\n"
+            "try:\n"
+            "    mk.cross_scan(x, use_triton=True)\n"
+            "except ImportError as e:\n"
+            "    assert 'triton' in str(e)\n"
+            "else:\n"
+            "    raise AssertionError('use_triton=True without triton did not raise')\n")
+    subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_kernels_do_not_read_the_environment():
+    import pathlib
+    for path in pathlib.Path(mk.__file__).parent.glob('*.py'):
+        assert 'os.environ' not in path.read_text(), path
+
+
+def test_use_triton_false_and_none_on_cpu_are_the_reference():
+    x = torch.randn(2, 3, 4, 5)
+    assert torch.equal(mk.cross_scan(x, use_triton=False), mk.cross_scan_ref(x))
+    assert torch.equal(mk.cross_scan(x), mk.cross_scan_ref(x))   # CPU tensor: the reference
+    y = torch.randn(2, 4, 3, 4, 5)
+    assert torch.equal(mk.cross_merge(y), mk.cross_merge_ref(y))
+
+
+def test_none_picks_triton_for_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(mk._cross_scan_triton, 'cross_scan', lambda x: calls.append(x) or mk.cross_scan_ref(x))
+
+    class FakeCuda(torch.Tensor):
+        is_cuda = True
+
+    mk.cross_scan(torch.randn(1, 2, 3, 4).as_subclass(FakeCuda))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize('call, match', [
+    (lambda: mk.cross_scan(torch.randn(2, 3, 4)), 'rank 3'),
+    (lambda: mk.cross_scan(torch.randn(1, 2, 3, 4, dtype=torch.float64)), 'float64'),
+    (lambda: mk.cross_scan(torch.randint(0, 3, (1, 2, 3, 4))), 'int64'),
+    (lambda: mk.cross_merge(torch.randn(1, 3, 2, 4, 5)), r'\(\*, 4, \*, \*, \*\)'),
+    (lambda: mk.selective_scan(**{**make_inputs(1, 4, 2, 9, 1, 'cpu'), 'A': torch.randn(8, 2)}), 'B has shape'),
+    (lambda: mk.selective_scan(**{**make_inputs(1, 4, 2, 9, 1, 'cpu'), 'D': torch.randn(7)}), 'D has shape'),
+    (lambda: mk.selective_scan(**{**make_inputs(1, 4, 2, 9, 1, 'cpu'), 'delta': torch.randn(1, 8, 10)}), 'delta'),
+    (lambda: mk.selective_scan(**{**make_inputs(1, 3, 2, 9, 1, 'cpu'), 'B': torch.randn(1, 4, 1, 9),
+                                 'C': torch.randn(1, 4, 1, 9)}), 'not a multiple'),
+    (lambda: mk.cross_selective_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 4, 2, 3, 5), -torch.rand(8, 1),
+                                     torch.randn(1, 4, 1, 3, 4), torch.randn(1, 4, 1, 3, 4)), 'delta has shape'),
+])
+def test_clear_errors(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+def _unfused(x, delta_seq, A, B_seq, C_seq, D, delta_bias):
+    batch, dim, height, width = x.shape
+    xs = mk.cross_scan(x, use_triton=True).view(batch, 4 * dim, height * width)
+    ys = mk.selective_scan(xs, delta_seq, A, B_seq, C_seq, D, delta_bias, use_triton=True)
+    return mk.cross_merge(ys.view(batch, 4, dim, height, width), use_triton=True)
+
+
+def test_opcheck_custom_ops():
+    x = torch.randn(2, 3, 5, 7, device=DEVICE)
+    torch.library.opcheck(torch.ops.mmvmamba.cross_scan.default, (x, ))
+    torch.library.opcheck(torch.ops.mmvmamba.cross_merge.default, (torch.randn(2, 4, 3, 5, 7, device=DEVICE), ))
+    s = make_inputs(1, 4, 3, 37, 2)
+    args = (s['u'], s['delta'].bfloat16(), s['A'], s['B'], s['C'], s['D'], s['delta_bias'], True, 16, 2)
+    torch.library.opcheck(torch.ops.mmvmamba.selective_scan_fwd.default, args)
+    out, hs = torch.ops.mmvmamba.selective_scan_fwd(*args)
+    torch.library.opcheck(torch.ops.mmvmamba.selective_scan_bwd.default,
+                          args[:7] + (torch.randn_like(out), hs) + args[7:])
+    torch.library.opcheck(torch.ops.mmvmamba.selective_scan_fwd.default,
+                          args[:5] + (None, None) + args[7:])
+
+
+def test_compile_fullgraph_through_the_custom_ops():
+    """Dynamo traces the autograd Functions and the custom ops (fake impls) with no graph break."""
+    batch, dim, height, width, d_state = 1, 3, 5, 7, 1
+    s = make_inputs(batch, 4, dim, height * width, d_state)
+    x = torch.randn(batch, dim, height, width, device=DEVICE, requires_grad=True)
+    args = (x, s['delta'], s['A'].requires_grad_(), s['B'], s['C'], s['D'], s['delta_bias'])
+    compiled = torch.compile(_unfused, fullgraph=True, backend='aot_eager')
+    out = compiled(*args)
+    out.sum().backward()
+    torch.testing.assert_close(out, _unfused(*args))
+    assert x.grad is not None and args[2].grad is not None

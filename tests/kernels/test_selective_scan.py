@@ -1,0 +1,103 @@
+"""Triton selective scan against the PyTorch reference: output and the gradients of every input."""
+import pytest
+import torch
+
+import mmvmamba_kernels as mk
+from mmvmamba_kernels.selective_scan import SelectiveScanFunction, scan_config
+from tests.utils import assert_close
+
+DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
+
+
+def make_inputs(batch: int, groups: int, dim: int, length: int, d_state: int, device: str = DEVICE,
+                has_D: bool = True, has_bias: bool = True) -> dict[str, torch.Tensor | None]:
+    """fp32 inputs in VMamba's ranges: softplus(delta + bias) around 1e-2..1, A = -exp(A_log) < 0."""
+    rows = groups * dim
+    return dict(
+        u=torch.randn(batch, rows, length, device=device),
+        delta=0.5 * torch.randn(batch, rows, length, device=device) - 1.0,
+        A=-torch.exp(torch.rand(rows, d_state, device=device) * 2.5 - 1.0),
+        B=torch.randn(batch, groups, d_state, length, device=device),
+        C=torch.randn(batch, groups, d_state, length, device=device),
+        D=torch.randn(rows, device=device) if has_D else None,
+        delta_bias=0.5 * torch.randn(rows, device=device) if has_bias else None,
+    )
+
+
+def run_and_grad(fn, inputs: dict, dtype: torch.dtype, grad: torch.Tensor, params_fp32: bool = True):
+    """Cast u, delta, B, C to ``dtype`` (A, D, delta_bias stay fp32, as in VMamba), run ``fn`` and backprop ``grad``."""
+    leaves = {}
+    for name, t in inputs.items():
+        if t is None:
+            leaves[name] = None
+            continue
+        cast = t if (params_fp32 and name in ('A', 'D', 'delta_bias')) else t.to(dtype)
+        leaves[name] = cast.detach().clone().requires_grad_()
+    out = fn(**leaves)
+    (out * grad).sum().backward()
+    return out, {k: (v.grad if v is not None else None) for k, v in leaves.items()}
+
+
+def check_against_ref(fn, ref_fn, inputs: dict, dtype: torch.dtype) -> None:
+    grad_shape = ref_fn(**{k: v for k, v in inputs.items()}).shape
+    grad = torch.randn(grad_shape, device=inputs['A'].device)
+    out_ref, grads_ref = run_and_grad(ref_fn, inputs, torch.float32, grad)
+    out, grads = run_and_grad(fn, inputs, dtype, grad)
+    out_lp, grads_lp = (None, {}) if dtype == torch.float32 else run_and_grad(ref_fn, inputs, dtype, grad)
+    assert out.dtype == torch.float32
+    assert_close('out', out, out_ref, out_lp, dtype)
+    for name in grads_ref:
+        if grads_ref[name] is None:
+            assert grads[name] is None
+            continue
+        assert grads[name].dtype == (inputs[name].dtype if name in ('A', 'D', 'delta_bias') else dtype), name
+        assert_close(f'd{name}', grads[name], grads_ref[name], grads_lp.get(name), dtype)
+
+
+# (batch, groups, dim, length, d_state): nothing a power of two, odd L, D not a multiple of BLOCK_D
+SHAPES = [(1, 4, 5, 63, 1), (3, 4, 5, 221, 1), (1, 4, 3, 63, 16), (3, 4, 3, 35, 16)]
+
+
+def _cases():
+    for batch, groups, dim, length, d_state in SHAPES:
+        for dtype in DTYPES:
+            yield pytest.param(batch, groups, dim, length, d_state, dtype,
+                               id=f'B{batch}-K{groups}-D{dim}-L{length}-N{d_state}-{str(dtype)[6:]}')
+
+
+@pytest.mark.parametrize('batch, groups, dim, length, d_state, dtype', list(_cases()))
+def test_selective_scan(batch, groups, dim, length, d_state, dtype):
+    inputs = make_inputs(batch, groups, dim, length, d_state)
+    check_against_ref(lambda **kw: mk.selective_scan(**kw, use_triton=True), mk.selective_scan_ref, inputs, dtype)
+
+
+@pytest.mark.parametrize('d_state', [1, 16, 5], ids=lambda n: f'N{n}')
+@pytest.mark.parametrize('seg_chunks', [1, 2], ids=lambda s: f'seg{s}')
+def test_selective_scan_split_along_L(seg_chunks, d_state):
+    """Several chunks and several L-segments (summary pass + look-back), forced at a small L."""
+    inputs = make_inputs(2, 2, 3, 71, d_state)   # 5 chunks of 16 steps: 5 or 3 segments
+
+    def fn(u, delta, A, B, C, D, delta_bias):
+        return SelectiveScanFunction.apply(u, delta, A, B, C, D, delta_bias, True, 16, seg_chunks)
+
+    check_against_ref(fn, mk.selective_scan_ref, inputs, torch.float32)
+
+
+@pytest.mark.parametrize('has_D, has_bias, softplus', [(False, False, False), (True, False, True), (False, True, True)],
+                         ids=['noD-nobias-nosoftplus', 'D-nobias', 'noD-bias'])
+def test_selective_scan_options(has_D, has_bias, softplus):
+    inputs = make_inputs(1, 2, 3, 45, 2, has_D=has_D, has_bias=has_bias)
+    if not softplus:
+        inputs['delta'] = torch.rand_like(inputs['delta']) * 0.2   # positive step sizes without the softplus
+    check_against_ref(lambda **kw: mk.selective_scan(**kw, delta_softplus=softplus, use_triton=True),
+                      lambda **kw: mk.selective_scan_ref(**kw, delta_softplus=softplus), inputs, torch.float32)
+
+
+def test_scan_config_block_t_is_shared():
+    """The backward reuses the forward's chunk states, so both use one block_t per (L, N)."""
+    for length in (1, 17, 256, 3136, 66800):
+        for d_state in (1, 4, 16):
+            cfg = scan_config(length, d_state)
+            assert cfg['block_t'] * cfg['block_n'] * cfg['block_d_fwd'] <= 4096
