@@ -103,6 +103,35 @@ def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_mode
     return rows
 
 
+def profile(name: str, dtype: torch.dtype, mode: str, rows: int = 25) -> None:
+    """Print the CUDA kernels that take the most time in one step (after warm-up), grouped by name."""
+    case = CASES[name]
+    model = build(case).train(mode == 'train')
+    x = torch.randn(case['shape'], device='cuda')
+
+    def step():
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            if mode == 'infer':
+                with torch.no_grad():
+                    model(x)
+            else:
+                loss_of(model(x)).backward()
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.self_device_time_total for e in events)
+    launches = sum(e.count for e in events)
+    print(f'== profile {name} {mode} {dtype}: {total / 1e3:.2f} ms of GPU kernels, {launches} launches')
+    for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
+        print(f'{e.self_device_time_total / 1e3:8.3f} ms {100 * e.self_device_time_total / total:5.1f}% '
+              f'{e.count:5d}x  {e.key[:110]}')
+
+
 def stability(steps: int) -> dict:
     """Dense VMamba-T training steps under fp16 autocast with a GradScaler and AdamW; counts non-finite values."""
     model = VMamba(arch='tiny').cuda().train()
@@ -146,6 +175,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=30)
     parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
     parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
+    parser.add_argument('--profile', choices=['infer', 'train'], help='print a kernel profile of each case instead')
     parser.add_argument('--out', type=Path, help='write the rows as JSON here')
     return parser.parse_args()
 
@@ -159,6 +189,10 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     info = settings()
     print(json.dumps(info), flush=True)
+    if args.profile:
+        for name in args.cases:
+            profile(name, DTYPES[args.dtype[0]], args.profile)
+        return
     if args.stability_steps:
         rows = [stability(args.stability_steps)]
     else:

@@ -1,7 +1,7 @@
 """The backbone on the GPU (Triton kernels) against the official fixtures: fp32 exact, autocast close and finite."""
 import pytest
 import torch
-from mmdet.registry import MODELS
+from mmengine.registry import MODELS  # MM_VSSM lives in the root registry; no mmdet/mmcv on the GPU machine
 
 import mmvmamba  # noqa: F401  registers MM_VSSM
 from tests.paths import fixtures_dir

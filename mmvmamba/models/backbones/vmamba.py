@@ -135,10 +135,9 @@ class VMamba(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[B, in_channels, H, W]`` images -> tuple of ``[B, C_i, H_i, W_i]`` maps for ``i in out_indices``."""
         self._check_input(x)
-        if self.channel_first:
-            # [B, C, H, W] maps stored channels-last: LayerNorm2d and Linear2d then work on contiguous channel rows
-            # and the convolutions keep that memory format, so no layout copies happen between the layers.
-            x = x.contiguous(memory_format=torch.channels_last)
+        # Channel-first models keep their [B, C, H, W] maps stored channels-last from the stem's first norm on
+        # (LayerNorm2d writes that layout, and the convolutions keep it), so LayerNorm2d and Linear2d work on
+        # contiguous channel rows. The image itself stays NCHW: a 3-channel channels-last convolution is slow.
         x = self.patch_embed(x)
         outs = []
         for i, layer in enumerate(self.layers):

@@ -102,18 +102,22 @@ class SS2D(nn.Module):
         """Cross-scan, selective scan and cross-merge of a ``[B, D, H, W]`` map; returns fp32 ``[B, D, H, W]``.
 
         x_proj and dt_proj are 1x1 projections, so they commute with the scan orders: they are applied in the
-        spatial layout, and the fused scan reads every direction's values through its index map (on the GPU the
-        ``[B, 4, D, L]`` cross-scanned copies are never built).
+        spatial layout (as matmuls over channel rows), and the fused scan reads every direction's values through
+        its index map (on the GPU the ``[B, 4, D, L]`` cross-scanned copies are never built).
         """
-        x_dbl = torch.einsum('bdhw,kcd->bkchw', x, self.x_proj_weight)            # [B, 4, R + 2N, H, W]
-        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        delta = torch.einsum('bkrhw,kdr->bkdhw', dt, self.dt_projs_weight)       # [B, 4, D, H, W]
+        k, rank, d_state = NUM_DIRECTIONS, self.dt_rank, self.d_state
+        rows = x.permute(0, 2, 3, 1)                                               # [B, H, W, D]
+        x_dbl = F.linear(rows, self.x_proj_weight.flatten(0, 1))                   # [B, H, W, 4 * (R + 2N)]
+        x_dbl = x_dbl.unflatten(-1, (k, rank + 2 * d_state))
+        dt, B, C = torch.split(x_dbl, [rank, d_state, d_state], dim=-1)           # [B, H, W, 4, *]
+        delta = torch.einsum('bhwkr,kdr->bhwkd', dt, self.dt_projs_weight)        # [B, H, W, 4, D]
+        to_direction_major = (0, 3, 4, 1, 2)                                       # [B, H, W, 4, *] -> [B, 4, *, H, W]
         return cross_selective_scan(
             x,
-            delta,
+            delta.permute(to_direction_major),
             -torch.exp(self.A_logs.float()),
-            B,
-            C,
+            B.permute(to_direction_major),
+            C.permute(to_direction_major),
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().flatten(),
             delta_softplus=True)
