@@ -102,22 +102,25 @@ class SS2D(nn.Module):
         """Cross-scan, selective scan and cross-merge of a ``[B, D, H, W]`` map; returns fp32 ``[B, D, H, W]``.
 
         x_proj and dt_proj are 1x1 projections, so they commute with the scan orders: they are applied in the
-        spatial layout (as matmuls over channel rows), and the fused scan reads every direction's values through
-        its index map (on the GPU the ``[B, 4, D, L]`` cross-scanned copies are never built).
+        spatial layout, and the fused scan reads every direction's values through its index map (on the GPU the
+        ``[B, 4, D, L]`` cross-scanned copies are never built). The fused scan reads dense ``[B, D, H, W]`` and
+        ``[B, 4, D, H, W]`` tensors, so the projections are matmuls that produce those layouts directly (the
+        step sizes are four times the size of x: copying them would cost more than copying x once).
         """
+        height, width = x.shape[2:]
         k, rank, d_state = NUM_DIRECTIONS, self.dt_rank, self.d_state
-        rows = x.permute(0, 2, 3, 1)                                               # [B, H, W, D]
-        x_dbl = F.linear(rows, self.x_proj_weight.flatten(0, 1))                   # [B, H, W, 4 * (R + 2N)]
-        x_dbl = x_dbl.unflatten(-1, (k, rank + 2 * d_state))
-        dt, B, C = torch.split(x_dbl, [rank, d_state, d_state], dim=-1)           # [B, H, W, 4, *]
-        delta = torch.einsum('bhwkr,kdr->bhwkd', dt, self.dt_projs_weight)        # [B, H, W, 4, D]
-        to_direction_major = (0, 3, 4, 1, 2)                                       # [B, H, W, 4, *] -> [B, 4, *, H, W]
+        x = x.contiguous()
+        x_dbl = torch.matmul(self.x_proj_weight.flatten(0, 1), x.flatten(2))       # [B, 4 * (R + 2N), L]
+        x_dbl = x_dbl.unflatten(1, (k, rank + 2 * d_state))
+        dt, B, C = torch.split(x_dbl, [rank, d_state, d_state], dim=2)           # [B, 4, *, L]
+        delta = torch.matmul(self.dt_projs_weight, dt)                            # [B, 4, D, L]
+        spatial = (height, width)
         return cross_selective_scan(
             x,
-            delta.permute(to_direction_major),
+            delta.unflatten(-1, spatial),
             -torch.exp(self.A_logs.float()),
-            B.permute(to_direction_major),
-            C.permute(to_direction_major),
+            B.unflatten(-1, spatial),
+            C.unflatten(-1, spatial),
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().flatten(),
             delta_softplus=True)
