@@ -1,10 +1,11 @@
 """Triton cross-scan and cross-merge (VMamba SS2D, K = 4 directions); each is the other's backward.
 
-A program owns one ``[BLOCK_H, BLOCK_W]`` tile of one ``(b, c)`` plane. It uses two arrangements of the tile:
+A cross-scan program owns one ``[BLOCK_H, BLOCK_W]`` tile of one ``(b, c)`` plane, in two arrangements:
 forward (element ``[i, j]`` is position ``(h0 + i, w0 + j)``) and reversed (``(h0 + BLOCK_H-1-i, w0 + BLOCK_W-1-j)``).
 Row-major and column-major addresses increase along ``j`` and ``i`` in the forward arrangement, and the reversed
 directions' addresses ``L-1-p`` increase along ``j`` and ``i`` in the reversed one, so every global access is
-contiguous along one axis of its tile and Triton can coalesce it. See kernels/README.md.
+contiguous along one axis of its tile and Triton can coalesce it. The merge instead walks flat blocks of map
+positions and lets the caches absorb the strided column-major reads. See kernels/README.md.
 """
 import torch
 import triton
@@ -12,9 +13,11 @@ import triton.language as tl
 
 from .utils import check_tensor, input_guard
 
-BLOCK_H = 32
-BLOCK_W = 32
+BLOCK_H = 64      # cross-scan tile (measured on an H100, docs/benchmarks.md)
+BLOCK_W = 64
 NUM_WARPS = 4
+MERGE_BLOCK = 1024
+MERGE_WARPS = 4
 
 
 @triton.jit(do_not_specialize=['C', 'H', 'W'])
@@ -24,6 +27,7 @@ def _cross_scan_fwd_kernel(
     C,
     H,
     W,
+    L,  # H * W, passed so that Triton can see when planes start 16-aligned (vector loads and stores)
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
@@ -31,7 +35,6 @@ def _cross_scan_fwd_kernel(
     n_tw = tl.cdiv(W, BLOCK_W)
     h0 = (i_t // n_tw) * BLOCK_H
     w0 = (i_t % n_tw) * BLOCK_W
-    L = H * W
     i_b = i_p // C
     i_c = i_p - i_b * C
     o_plane = i_p.to(tl.int64) * L
@@ -65,39 +68,26 @@ def _cross_scan_bwd_kernel(
     C,
     H,
     W,
-    BLOCK_H: tl.constexpr,
-    BLOCK_W: tl.constexpr,
+    L,  # H * W, passed so that Triton can see when planes start 16-aligned (vector loads and stores)
+    BLOCK: tl.constexpr,
 ):
-    i_p, i_t = tl.program_id(0), tl.program_id(1)
-    n_tw = tl.cdiv(W, BLOCK_W)
-    h0 = (i_t // n_tw) * BLOCK_H
-    w0 = (i_t % n_tw) * BLOCK_W
-    L = H * W
+    # one flat block of map positions; the column-major loads are strided, but a block covers whole rows, so the
+    # sectors they touch are reused from L1/L2 by the neighbouring rows (measured faster than a tile transpose)
+    i_p, i_blk = tl.program_id(0), tl.program_id(1)
     i_b = i_p // C
     i_c = i_p - i_b * C
     o_plane = i_p.to(tl.int64) * L
     o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
     s_dir = C.to(tl.int64) * L
-    o_i = tl.arange(0, BLOCK_H)
-    o_j = tl.arange(0, BLOCK_W)
-
-    f_h = h0 + o_i
-    f_w = w0 + o_j
-    m_f = (f_h[:, None] < H) & (f_w[None, :] < W)
-    b_f = tl.load(p_dxs + o_seq + f_h[:, None] * W + f_w[None, :], mask=m_f, other=0.).to(tl.float32)
-    b_f += tl.load(p_dxs + o_seq + s_dir + f_w[None, :] * H + f_h[:, None], mask=m_f, other=0.).to(tl.float32)
-
-    r_h = h0 + BLOCK_H - 1 - o_i
-    r_w = w0 + BLOCK_W - 1 - o_j
-    m_r = (r_h[:, None] < H) & (r_w[None, :] < W)
-    e_2 = (L - 1 - (h0 + BLOCK_H - 1) * W - (w0 + BLOCK_W - 1)) + o_i[:, None] * W + o_j[None, :]
-    e_3 = (L - 1 - (w0 + BLOCK_W - 1) * H - (h0 + BLOCK_H - 1)) + o_j[None, :] * H + o_i[:, None]
-    b_r = tl.load(p_dxs + o_seq + 2 * s_dir + e_2, mask=m_r, other=0.).to(tl.float32)
-    b_r += tl.load(p_dxs + o_seq + 3 * s_dir + e_3, mask=m_r, other=0.).to(tl.float32)
-    # back to the forward arrangement: reversing the flattened tile flips both axes
-    o_rev = BLOCK_H * BLOCK_W - 1 - tl.arange(0, BLOCK_H * BLOCK_W)
-    b_r = tl.reshape(tl.gather(tl.reshape(b_r, [BLOCK_H * BLOCK_W]), o_rev, 0), [BLOCK_H, BLOCK_W])
-    tl.store(p_dx + o_plane + f_h[:, None] * W + f_w[None, :], (b_f + b_r).to(p_dx.dtype.element_ty), mask=m_f)
+    o_pos = i_blk * BLOCK + tl.arange(0, BLOCK)
+    m = o_pos < L
+    o_h = o_pos // W
+    o_col = (o_pos - o_h * W) * H + o_h                      # column-major index of the same position
+    b_dx = tl.load(p_dxs + o_seq + o_pos, mask=m, other=0.).to(tl.float32)
+    b_dx += tl.load(p_dxs + o_seq + s_dir + o_col, mask=m, other=0.).to(tl.float32)
+    b_dx += tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_pos), mask=m, other=0.).to(tl.float32)
+    b_dx += tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - o_col), mask=m, other=0.).to(tl.float32)
+    tl.store(p_dx + o_plane + o_pos, b_dx.to(p_dx.dtype.element_ty), mask=m)
 
 
 def _grid(planes: int, height: int, width: int) -> tuple[int, int]:
@@ -111,7 +101,7 @@ def _cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
     xs = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
     if xs.numel():
         _cross_scan_fwd_kernel[_grid(batch * channels, height, width)](
-            x, xs, channels, height, width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
+            x, xs, channels, height, width, height * width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
     return xs
 
 
@@ -121,8 +111,9 @@ def _cross_scan_bwd(dxs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     batch, _, channels, _ = dxs.shape
     dx = torch.empty(batch, channels, height, width, dtype=dxs.dtype, device=dxs.device)
     if dx.numel():
-        _cross_scan_bwd_kernel[_grid(batch * channels, height, width)](
-            dxs, dx, channels, height, width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
+        grid = (batch * channels, triton.cdiv(height * width, MERGE_BLOCK))
+        _cross_scan_bwd_kernel[grid](dxs, dx, channels, height, width, height * width, BLOCK=MERGE_BLOCK,
+                                     num_warps=MERGE_WARPS)
     return dx
 
 

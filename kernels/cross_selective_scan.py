@@ -1,15 +1,24 @@
 """Triton fused SS2D scan stage: cross-scan + selective scan + cross-merge without the ``[B, 4, D, L]`` copies.
 
-The kernels are the selective-scan kernels of selective_scan.py run with ``SPATIAL=True``: step ``t`` of direction
+The forward is the selective-scan kernel of selective_scan.py run with ``SPATIAL=True``: step ``t`` of direction
 ``k`` reads ``x``, ``delta``, ``B`` and ``C`` at map position ``p = pos_k(t)`` (the cross-scan orders), and the
-output (and ``dx`` in the backward) is accumulated over the four directions into the spatial ``[B, D, H, W]``
-tensor with fp32 atomics. Chunk states, segments and the adjoint scan are exactly those of the unfused kernel.
+output is accumulated over the four directions into the spatial ``[B, D, H, W]`` tensor with fp32 atomics, so the
+``[B, 4, D, L]`` copies are never materialised. The backward does the same (``dx`` by atomics) up to
+``SPATIAL_BWD_MAX_LENGTH``; on longer maps it runs the sequence-layout kernel on cross-scanned copies, which
+measured faster there (docs/benchmarks.md).
 """
 import torch
 import triton
 
-from .selective_scan import _launch_bwd, _launch_fwd, default_seg_chunks, scan_config
+from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
+from .cross_selective_scan_ref import seq_to_spatial, spatial_to_seq
+from .selective_scan import _launch_bwd, _launch_fwd, scan_config
 from .utils import check_cross_selective_scan_args, input_guard
+
+
+# Up to this length the backward also runs the spatial kernel (atomics into dx); beyond it the sequence-layout
+# kernel on cross-scanned copies was faster (measured on an H100, docs/benchmarks.md).
+SPATIAL_BWD_MAX_LENGTH = 1024
 
 
 @input_guard
@@ -26,9 +35,21 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_
                               seg_chunks: int) -> tuple[torch.Tensor, ...]:
     """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the spatial layout."""
     batch, dim, height, width = x.shape
-    dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
-                                                  block_t, seg_chunks, batch, dim, height * width, (height, width))
-    return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
+    length = height * width
+    if length <= SPATIAL_BWD_MAX_LENGTH:
+        dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
+                                                      block_t, seg_chunks, batch, dim, length, (height, width))
+        return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
+    # sequence layout: cross-scanned x, per-direction orders of delta, B, C and of dout (the merge's adjoint)
+    xs = _cross_scan_fwd(x).view(batch, 4 * dim, length)
+    delta_s = spatial_to_seq(delta).reshape(batch, 4 * dim, length)
+    dout_s = _cross_scan_fwd(dout).view(batch, 4 * dim, length)
+    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, spatial_to_seq(B).contiguous(),
+                                                  spatial_to_seq(C).contiguous(), D, delta_bias, dout_s, hs,
+                                                  delta_softplus, block_t, seg_chunks, batch, dim, length, None)
+    dx = _cross_scan_bwd(du.view(batch, 4, dim, length), height, width)
+    return (dx, seq_to_spatial(ddelta.view(batch, 4, dim, length), height, width), dA,
+            seq_to_spatial(dB, height, width), seq_to_spatial(dC, height, width), dD, ddb)
 
 
 @torch.library.custom_op('mmvmamba::cross_selective_scan_fwd', mutates_args=())
@@ -113,10 +134,6 @@ def cross_selective_scan(x: torch.Tensor,
         ``[B, D, H, W]`` fp32.
     """
     check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias)
-    batch, dim, height, width = x.shape
-    cfg = scan_config(height * width, A.shape[1])
-    n_chunk = triton.cdiv(height * width, cfg['block_t'])
-    if seg_chunks is None:
-        seg_chunks = default_seg_chunks(batch * 4 * triton.cdiv(dim, cfg['block_d_fwd']), n_chunk, x.device)
-    return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, cfg['block_t'],
-                                            seg_chunks)
+    block_t = scan_config(x.shape[2] * x.shape[3], A.shape[1])['block_t']
+    return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t,
+                                            seg_chunks or 0)

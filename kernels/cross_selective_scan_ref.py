@@ -48,3 +48,13 @@ def cross_selective_scan_ref(x: torch.Tensor,
     ys = selective_scan_ref(xs, spatial_to_seq(delta).reshape(batch, 4 * dim, length), A, spatial_to_seq(B),
                             spatial_to_seq(C), D, delta_bias, delta_softplus)
     return cross_merge_ref(ys.view(batch, 4, dim, height, width))
+
+
+def seq_to_spatial(t: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``[B, 4, X, H*W]`` in each direction's order -> ``[B, 4, X, H, W]`` spatial: the inverse of spatial_to_seq."""
+    batch, _, chans, _ = t.shape
+    rows = t[:, 0].reshape(batch, chans, height, width)
+    cols = t[:, 1].reshape(batch, chans, width, height).transpose(-1, -2)
+    rows_rev = t[:, 2].flip(-1).reshape(batch, chans, height, width)
+    cols_rev = t[:, 3].flip(-1).reshape(batch, chans, width, height).transpose(-1, -2)
+    return torch.stack([rows, cols, rows_rev, cols_rev], dim=1)

@@ -25,11 +25,8 @@ def _scan_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _softplus(x):
-    # torch.nn.functional.softplus (beta 1, linear above 20); log1p(z) = log(w) * z / (w - 1) with w = 1 + z
-    z = tl.exp(-tl.abs(x))
-    w = 1. + z
-    log1p = tl.where(w == 1., z, tl.log(w) * z / (w - 1.))
-    return tl.where(x > 20., x, tl.maximum(x, 0.) + log1p)
+    # torch.nn.functional.softplus (beta 1, linear above 20); log(1 + exp(x)) costs two MUFU ops and no division
+    return tl.where(x > 20., x, tl.log(1. + tl.exp(x)))
 
 
 @triton.jit
@@ -37,6 +34,36 @@ def _seq_to_pos(t, i_k, L, H, W):
     # step t of direction k -> row-major map position (VMamba's four cross-scan orders)
     tt = tl.where(i_k >= 2, L - 1 - t, t)
     return tl.where(i_k % 2 == 1, (tt % H) * W + tt // H, tt)
+
+
+@triton.jit
+def _bwd_chunk_loads(p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, t_lo, m_d, m_n, i_k, L, H, W, N,
+                     NCHUNK, SPATIAL: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr):
+    # the backward's loads for chunk c (raw dtypes); steps before t_lo (another segment's) are not read
+    o_t = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = (o_t < L) & (o_t >= t_lo)
+    m_dt = m_d[:, None] & m_t[None, :]
+    m_nt = m_n[:, None] & m_t[None, :]
+    m_dt1 = m_d[:, None] & ((o_t + 1 < L) & (o_t >= t_lo))[None, :]
+    if SPATIAL:
+        o_p = _seq_to_pos(o_t, i_k, L, H, W)
+        o_pn = _seq_to_pos(o_t + 1, i_k, L, H, W)
+    else:
+        o_p = o_t
+        o_pn = o_t + 1
+    x = tl.load(p_delta + o_x + o_p[None, :], mask=m_dt, other=0.)
+    xn = tl.load(p_delta + o_x + o_pn[None, :], mask=m_dt1, other=0.)
+    dy = tl.load(p_dout + o_x + o_p[None, :], mask=m_dt, other=0.)
+    cm = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.)
+    if SUMMARY:
+        u = x
+        bm = cm
+        h0 = tl.zeros([m_d.shape[0], m_n.shape[0]], dtype=tl.float32)
+    else:
+        u = tl.load(p_u + o_x + o_p[None, :], mask=m_dt, other=0.)
+        bm = tl.load(p_B + o_bc + o_p[None, :], mask=m_nt, other=0.)
+        h0 = tl.load(p_hs + o_hs + tl.maximum(c, 0) * N, mask=m_d[:, None] & m_n[None, :], other=0.)
+    return x, xn, dy, cm, u, bm, h0
 
 
 # L keeps Triton's divisibility specialisation (vector loads when L % 16 == 0); the other sizes never recompile.
@@ -66,6 +93,7 @@ def _selective_scan_fwd_kernel(
     DELTA_SOFTPLUS: tl.constexpr,
     SUMMARY: tl.constexpr,
     SPATIAL: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -89,12 +117,19 @@ def _selective_scan_fwd_kernel(
         b_D = tl.load(p_D + o_row, mask=m_d, other=0.).to(tl.float32)
     if HAS_DELTA_BIAS:
         b_bias = tl.load(p_delta_bias + o_row, mask=m_d, other=0.).to(tl.float32)
-    o_x = o_grow[:, None] * L                                 # [BLOCK_D, 1]
+    # int64 base of the row block once per program; int32 offsets within it
+    o_row0 = (i_bk * DIM + i_db * BLOCK_D).to(tl.int64) * L  # first row of the block in [B, K*D, L]
     if SPATIAL:
-        o_xu = (i_b * DIM + o_d).to(tl.int64)[:, None] * L   # u and out are [B, D, H, W]
+        o_u0 = (i_b * DIM + i_db * BLOCK_D).to(tl.int64) * L  # u and out are [B, D, H, W]
     else:
-        o_xu = o_x
-    o_bc = (i_bk.to(tl.int64) * N + o_n)[:, None] * L         # [BLOCK_N, 1]
+        o_u0 = o_row0
+    p_delta += o_row0
+    p_u += o_u0
+    p_out += o_u0
+    p_B += i_bk.to(tl.int64) * N * L
+    p_C += i_bk.to(tl.int64) * N * L
+    o_x = tl.arange(0, BLOCK_D)[:, None] * L                  # [BLOCK_D, 1]
+    o_bc = o_n[:, None] * L                                   # [BLOCK_N, 1]
     o_tl = tl.arange(0, BLOCK_T)
     m_last = (o_tl == BLOCK_T - 1)[None, None, :]
 
@@ -107,6 +142,19 @@ def _selective_scan_fwd_kernel(
             o_sg = (o_grow[:, None] * NSEG + j) * 2 * N + o_n[None, :]
             b_h = b_h * tl.load(p_seg + o_sg, mask=m_dn, other=1.) + tl.load(p_seg + o_sg + N, mask=m_dn, other=0.)
 
+    if PREFETCH:  # the loads of chunk c + 1 are issued before chunk c is computed, to hide their latency
+        o_t = c_begin * BLOCK_T + o_tl
+        m_dt = m_d[:, None] & (o_t < L)[None, :]
+        m_nt = m_n[:, None] & (o_t < L)[None, :]
+        if SPATIAL:
+            o_p = _seq_to_pos(o_t, i_k, L, H, W)
+        else:
+            o_p = o_t
+        nx_u = tl.load(p_u + o_x + o_p[None, :], mask=m_dt, other=0.)
+        nx_dl = tl.load(p_delta + o_x + o_p[None, :], mask=m_dt, other=0.)
+        nx_B = tl.load(p_B + o_bc + o_p[None, :], mask=m_nt, other=0.)
+        if not SUMMARY:
+            nx_C = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.)
     for c in range(c_begin, c_end):
         o_t = c * BLOCK_T + o_tl
         m_t = o_t < L
@@ -116,16 +164,34 @@ def _selective_scan_fwd_kernel(
             o_p = _seq_to_pos(o_t, i_k, L, H, W)
         else:
             o_p = o_t
+        if PREFETCH:
+            b_u, b_dt, b_Bm = nx_u.to(tl.float32), nx_dl.to(tl.float32), nx_B.to(tl.float32)
+            if not SUMMARY:
+                b_Cm = nx_C.to(tl.float32)
+            o_tn = o_t + BLOCK_T
+            m_tn = (o_tn < L) & (o_tn < c_end * BLOCK_T)
+            if SPATIAL:
+                o_pn = _seq_to_pos(o_tn, i_k, L, H, W)
+            else:
+                o_pn = o_tn
+            nx_u = tl.load(p_u + o_x + o_pn[None, :], mask=m_d[:, None] & m_tn[None, :], other=0.)
+            nx_dl = tl.load(p_delta + o_x + o_pn[None, :], mask=m_d[:, None] & m_tn[None, :], other=0.)
+            nx_B = tl.load(p_B + o_bc + o_pn[None, :], mask=m_n[:, None] & m_tn[None, :], other=0.)
+            if not SUMMARY:
+                nx_C = tl.load(p_C + o_bc + o_pn[None, :], mask=m_n[:, None] & m_tn[None, :], other=0.)
+        else:
+            b_u = tl.load(p_u + o_x + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
+            b_dt = tl.load(p_delta + o_x + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
+            b_Bm = tl.load(p_B + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
+            if not SUMMARY:
+                b_Cm = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
         if not SUMMARY:
             tl.store(p_hs + (o_grow[:, None] * NCHUNK + c) * N + o_n[None, :], b_h, mask=m_dn)
-        b_u = tl.load(p_u + o_xu + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
-        b_dt = tl.load(p_delta + o_x + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
         if HAS_DELTA_BIAS:
             b_dt += b_bias[:, None]
         if DELTA_SOFTPLUS:
             b_dt = _softplus(b_dt)
         b_dt = tl.where(m_dt, b_dt, 0.)                        # padding: a = 1, b = 0
-        b_Bm = tl.load(p_B + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
         b_a = tl.exp(b_dt[:, None, :] * b_A[:, :, None])       # [BLOCK_D, BLOCK_N, BLOCK_T]
         b_b = (b_dt * b_u)[:, None, :] * b_Bm[None, :, :]
         b_Pc, b_hl = tl.associative_scan((b_a, b_b), axis=2, combine_fn=_scan_combine)
@@ -133,12 +199,11 @@ def _selective_scan_fwd_kernel(
         if SUMMARY:
             b_Pseg *= tl.sum(tl.where(m_last, b_Pc, 0.), axis=2)
         else:
-            b_Cm = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
             b_y = tl.sum(b_hall * b_Cm[None, :, :], axis=1)
             if HAS_D:
                 b_y += b_D[:, None] * b_u
             if SPATIAL:
-                tl.atomic_add(p_out + o_xu + o_p[None, :], b_y, mask=m_dt, sem='relaxed')
+                tl.atomic_add(p_out + o_x + o_p[None, :], b_y, mask=m_dt, sem='relaxed')
             else:
                 tl.store(p_out + o_x + o_t[None, :], b_y, mask=m_dt)
         b_h = tl.sum(tl.where(m_last, b_hall, 0.), axis=2)
@@ -182,6 +247,7 @@ def _selective_scan_bwd_kernel(
     DELTA_SOFTPLUS: tl.constexpr,
     SUMMARY: tl.constexpr,
     SPATIAL: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -205,13 +271,22 @@ def _selective_scan_bwd_kernel(
         b_D = tl.load(p_D + o_row, mask=m_d, other=0.).to(tl.float32)
     if HAS_DELTA_BIAS:
         b_bias = tl.load(p_delta_bias + o_row, mask=m_d, other=0.).to(tl.float32)
-    o_x = o_grow[:, None] * L
+    o_row0 = (i_bk * DIM + i_db * BLOCK_D).to(tl.int64) * L
     if SPATIAL:
-        o_xu = (i_b * DIM + o_d).to(tl.int64)[:, None] * L   # u, dout and du are [B, D, H, W]
+        o_u0 = (i_b * DIM + i_db * BLOCK_D).to(tl.int64) * L  # u, dout and du are [B, D, H, W]
     else:
-        o_xu = o_x
-    o_bc = (i_bk.to(tl.int64) * N + o_n)[:, None] * L
-    o_dbc = ((i_bk.to(tl.int64) * n_db + i_db) * N + o_n)[:, None] * L
+        o_u0 = o_row0
+    p_delta += o_row0
+    p_ddelta += o_row0
+    p_u += o_u0
+    p_dout += o_u0
+    p_du += o_u0
+    p_B += i_bk.to(tl.int64) * N * L
+    p_C += i_bk.to(tl.int64) * N * L
+    p_dB += (i_bk * n_db + i_db).to(tl.int64) * N * L
+    p_dC += (i_bk * n_db + i_db).to(tl.int64) * N * L
+    o_x = tl.arange(0, BLOCK_D)[:, None] * L
+    o_bc = o_n[:, None] * L
     o_tl = tl.arange(0, BLOCK_T)
     m_first = (o_tl == 0)[None, None, :]
 
@@ -219,14 +294,20 @@ def _selective_scan_bwd_kernel(
     c_end = tl.minimum(c_begin + SEG_CHUNKS, NCHUNK)
     b_s = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)     # adjoint at the first step after the chunk
     b_Pseg = tl.full([BLOCK_D, BLOCK_N], 1., dtype=tl.float32)
-    b_dA = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    b_dD = tl.zeros([BLOCK_D], dtype=tl.float32)
-    b_dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    # per-element accumulators, reduced over the steps once at the end
+    b_dA = tl.zeros([BLOCK_D, BLOCK_N, BLOCK_T], dtype=tl.float32)
+    b_dD = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    b_dbias = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     if not SUMMARY:
         for i in range(0, NSEG - 1 - i_s):
             o_sg = (o_grow[:, None] * NSEG + (NSEG - 1 - i)) * 2 * N + o_n[None, :]
             b_s = tl.load(p_seg + o_sg + N, mask=m_dn, other=0.) + tl.load(p_seg + o_sg, mask=m_dn, other=1.) * b_s
 
+    o_hs = (o_grow[:, None] * NCHUNK) * N + o_n[None, :]
+    if PREFETCH:  # the loads of chunk c - 1 are issued before chunk c is computed
+        nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0 = _bwd_chunk_loads(
+            p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c_end - 1, c_begin * BLOCK_T, m_d, m_n, i_k, L, H,
+            W, N, NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
     for i in range(0, c_end - c_begin):
         c = c_end - 1 - i
         o_t = c * BLOCK_T + o_tl
@@ -236,12 +317,19 @@ def _selective_scan_bwd_kernel(
         m_dt1 = m_d[:, None] & (o_t + 1 < L)[None, :]
         if SPATIAL:
             o_p = _seq_to_pos(o_t, i_k, L, H, W)
-            o_pn = _seq_to_pos(o_t + 1, i_k, L, H, W)
         else:
             o_p = o_t
-            o_pn = o_t + 1
-        b_x = tl.load(p_delta + o_x + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
-        b_xn = tl.load(p_delta + o_x + o_pn[None, :], mask=m_dt1, other=0.).to(tl.float32)
+        if PREFETCH:
+            r_x, r_xn, r_dy, r_C, r_u, r_B, b_h0 = nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0
+            nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0 = _bwd_chunk_loads(
+                p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c - 1, c_begin * BLOCK_T, m_d, m_n, i_k, L,
+                H, W, N, NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
+        else:
+            r_x, r_xn, r_dy, r_C, r_u, r_B, b_h0 = _bwd_chunk_loads(
+                p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, c_begin * BLOCK_T, m_d, m_n, i_k, L, H, W, N,
+                NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
+        b_x = r_x.to(tl.float32)
+        b_xn = r_xn.to(tl.float32)
         if HAS_DELTA_BIAS:
             b_x += b_bias[:, None]
             b_xn += b_bias[:, None]
@@ -253,8 +341,8 @@ def _selective_scan_bwd_kernel(
             b_dtn = b_xn
         b_dt = tl.where(m_dt, b_dt, 0.)
         b_dtn = tl.where(m_dt1, b_dtn, 0.)
-        b_dy = tl.load(p_dout + o_xu + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
-        b_Cm = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
+        b_dy = r_dy.to(tl.float32)
+        b_Cm = r_C.to(tl.float32)
         # adjoint: s_t = g_t + alpha_t s_{t+1} with alpha_t = a_{t+1}, as a reverse scan
         b_alpha = tl.exp(b_dtn[:, None, :] * b_A[:, :, None])
         b_g = b_dy[:, None, :] * b_Cm[None, :, :]
@@ -264,9 +352,8 @@ def _selective_scan_bwd_kernel(
         if SUMMARY:
             b_Pseg *= tl.sum(tl.where(m_first, b_Pa, 0.), axis=2)
         else:
-            b_u = tl.load(p_u + o_xu + o_p[None, :], mask=m_dt, other=0.).to(tl.float32)
-            b_Bm = tl.load(p_B + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
-            b_h0 = tl.load(p_hs + (o_grow[:, None] * NCHUNK + c) * N + o_n[None, :], mask=m_dn, other=0.)
+            b_u = r_u.to(tl.float32)
+            b_Bm = r_B.to(tl.float32)
             b_dtu = b_dt * b_u
             b_a = tl.exp(b_dt[:, None, :] * b_A[:, :, None])
             b_b = b_dtu[:, None, :] * b_Bm[None, :, :]
@@ -279,22 +366,22 @@ def _selective_scan_bwd_kernel(
             b_du = b_sB * b_dt
             if HAS_D:
                 b_du += b_dy * b_D[:, None]
-                b_dD += tl.sum(b_dy * b_u, axis=1)
-            b_dA += tl.sum(b_sall * b_ah * b_dt[:, None, :], axis=2)
+                b_dD += b_dy * b_u
+            b_dA += b_sall * b_ah * b_dt[:, None, :]
             b_dBp = tl.sum(b_sall * b_dtu[:, None, :], axis=0)  # [BLOCK_N, BLOCK_T]
             b_dCp = tl.sum(b_hall * b_dy[:, None, :], axis=0)
             if DELTA_SOFTPLUS:
-                b_ddt = b_ddt * tl.where(b_x > 20., 1., 1. / (1. + tl.exp(-b_x)))
+                b_ddt = b_ddt * tl.exp(b_x - b_dt)                # sigmoid(x) = exp(x - softplus(x))
             b_ddt = tl.where(m_dt, b_ddt, 0.)
             if HAS_DELTA_BIAS:
-                b_dbias += tl.sum(b_ddt, axis=1)
+                b_dbias += b_ddt
             if SPATIAL:
-                tl.atomic_add(p_du + o_xu + o_p[None, :], b_du, mask=m_dt, sem='relaxed')
+                tl.atomic_add(p_du + o_x + o_p[None, :], b_du, mask=m_dt, sem='relaxed')
             else:
                 tl.store(p_du + o_x + o_t[None, :], b_du.to(p_du.dtype.element_ty), mask=m_dt)
             tl.store(p_ddelta + o_x + o_p[None, :], b_ddt.to(p_ddelta.dtype.element_ty), mask=m_dt)
-            tl.store(p_dB + o_dbc + o_p[None, :], b_dBp, mask=m_nt)
-            tl.store(p_dC + o_dbc + o_p[None, :], b_dCp, mask=m_nt)
+            tl.store(p_dB + o_bc + o_p[None, :], b_dBp, mask=m_nt)
+            tl.store(p_dC + o_bc + o_p[None, :], b_dCp, mask=m_nt)
 
     if SUMMARY:
         o_sg = (o_grow[:, None] * NSEG + i_s) * 2 * N + o_n[None, :]
@@ -302,15 +389,18 @@ def _selective_scan_bwd_kernel(
         tl.store(p_seg + o_sg + N, b_s, mask=m_dn)
     else:
         o_red = (i_b * NSEG + i_s).to(tl.int64) * K * DIM + o_row
-        tl.store(p_dA + o_red[:, None] * N + o_n[None, :], b_dA, mask=m_dn)
+        tl.store(p_dA + o_red[:, None] * N + o_n[None, :], tl.sum(b_dA, axis=2), mask=m_dn)
         if HAS_D:
-            tl.store(p_dD + o_red, b_dD, mask=m_d)
+            tl.store(p_dD + o_red, tl.sum(b_dD, axis=1), mask=m_d)
         if HAS_DELTA_BIAS:
-            tl.store(p_ddelta_bias + o_red, b_dbias, mask=m_d)
+            tl.store(p_ddelta_bias + o_red, tl.sum(b_dbias, axis=1), mask=m_d)
 
 
 # Tile sizes (hand-tuned on an H100, see docs/benchmarks.md); a dict so that a tuning script can try others.
-TUNING = dict(block_t=256, tile_fwd=2048, tile_bwd=1024, warps_fwd=4, warps_bwd=4, programs_per_sm=8)
+# Small tiles (BLOCK_D * BLOCK_N * BLOCK_T = 256 elements on 2 warps) keep the register count low enough for
+# several programs per SM, which the latency-bound chunk loop needs more than wide tiles.
+TUNING = dict(block_t=256, block_t_short=128, tile_fwd=256, tile_bwd=256, warps_fwd=2, warps_bwd=2,
+              programs_per_sm=8, prefetch=True)
 
 
 def scan_config(length: int, d_state: int) -> dict[str, int]:
@@ -318,8 +408,8 @@ def scan_config(length: int, d_state: int) -> dict[str, int]:
     ``block_t``: the forward saves one state per chunk)."""
     block_n = next_power_of_2(d_state)
     block_t = TUNING['block_t'] if block_n <= 2 else max(16, 1024 // block_n)
-    if length < block_t:  # short sequences: smaller chunks (written so that a symbolic length only adds guards)
-        block_t = max(16, next_power_of_2(length))
+    if length <= block_t:  # short sequences: smaller chunks (written so that a symbolic length only adds guards)
+        block_t = min(TUNING['block_t_short'], max(16, next_power_of_2(length)))
     return dict(block_t=block_t,
                 block_n=block_n,
                 block_d_fwd=max(1, min(16, TUNING['tile_fwd'] // (block_n * block_t))),
@@ -349,6 +439,8 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t:
     cfg = scan_config(length, d_state)
     block_d = cfg['block_d_fwd']
     n_chunk = triton.cdiv(length, block_t)
+    if seg_chunks <= 0:
+        seg_chunks = default_seg_chunks(batch * groups * triton.cdiv(dim, block_d), n_chunk, u.device)
     seg_chunks = max(1, min(seg_chunks, n_chunk))
     n_seg = triton.cdiv(n_chunk, seg_chunks)
     dev = u.device
@@ -365,8 +457,9 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t:
     args = (u, delta, A, B, C, D if D is not None else u, delta_bias if delta_bias is not None else u, out, hs, seg,
             groups, dim, length, d_state, n_chunk, seg_chunks, n_seg, height, width)
     meta = dict(HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=delta_softplus,
-                SPATIAL=hw is not None, BLOCK_D=block_d, BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
-                num_warps=TUNING['warps_fwd'])
+                SPATIAL=hw is not None, PREFETCH=TUNING['prefetch'] and seg_chunks > 1, BLOCK_D=block_d,
+                BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
+                num_warps=TUNING['warps_fwd'] if block_d * cfg['block_n'] * block_t <= 256 else 4)
     if n_seg > 1:
         _selective_scan_fwd_kernel[grid](*args, SUMMARY=True, **meta)
     _selective_scan_fwd_kernel[grid](*args, SUMMARY=False, **meta)
@@ -377,9 +470,11 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
                 batch: int, dim: int, length: int, hw: tuple[int, int] | None) -> tuple[torch.Tensor, ...]:
     groups, d_state = B.shape[1], A.shape[1]
     cfg = scan_config(length, d_state)
-    block_d = min(cfg['block_d_bwd'], cfg['block_d_fwd'])
+    block_d = cfg['block_d_bwd']
     n_db = triton.cdiv(dim, block_d)
     n_chunk = triton.cdiv(length, block_t)
+    if seg_chunks <= 0:
+        seg_chunks = default_seg_chunks(batch * groups * n_db, n_chunk, u.device)
     seg_chunks = max(1, min(seg_chunks, n_chunk))
     n_seg = triton.cdiv(n_chunk, seg_chunks)
     dev = u.device
@@ -399,8 +494,9 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
                 seg, du, ddelta, dA, dB, dC, dD, ddb, groups, dim, length, d_state, n_chunk, seg_chunks, n_seg,
                 height, width)
         meta = dict(HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=delta_softplus,
-                    SPATIAL=hw is not None, BLOCK_D=block_d, BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
-                    num_warps=TUNING['warps_bwd'])
+                    SPATIAL=hw is not None, PREFETCH=TUNING['prefetch'] and seg_chunks > 1, BLOCK_D=block_d,
+                    BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
+                    num_warps=TUNING['warps_bwd'] if block_d * cfg['block_n'] * block_t <= 256 else 4)
         if n_seg > 1:
             _selective_scan_bwd_kernel[grid](*args, SUMMARY=True, **meta)
         _selective_scan_bwd_kernel[grid](*args, SUMMARY=False, **meta)
@@ -504,16 +600,12 @@ def selective_scan(u: torch.Tensor,
         D: ``[K*D]``. Default: None.
         delta_bias: ``[K*D]``. Default: None.
         delta_softplus: apply softplus to ``delta + delta_bias``. Default: True.
-        seg_chunks: chunks per L-segment (parallelism along L). Default: None (chosen from the GPU's size).
+        seg_chunks: chunks per L-segment (parallelism along L). Default: None (chosen from the GPU's size, separately
+            for the forward and the backward).
 
     Returns:
         ``[B, K*D, L]`` fp32.
     """
     check_selective_scan_args(u, delta, A, B, C, D, delta_bias)
-    batch, rows, length = u.shape
-    groups, dim, d_state = B.shape[1], rows // B.shape[1], A.shape[1]
-    cfg = scan_config(length, d_state)
-    n_chunk = triton.cdiv(length, cfg['block_t'])
-    if seg_chunks is None:
-        seg_chunks = default_seg_chunks(batch * groups * triton.cdiv(dim, cfg['block_d_fwd']), n_chunk, u.device)
-    return SelectiveScanFunction.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, cfg['block_t'], seg_chunks)
+    block_t = scan_config(u.shape[2], A.shape[1])['block_t']
+    return SelectiveScanFunction.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks or 0)

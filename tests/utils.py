@@ -36,12 +36,14 @@ def assert_close(name: str,
     assert n_bad == 0, f'{name}: {n_bad} of {out.numel()} elements are NaN/inf (unwritten or overflowed)'
     scale = max(1.0, ref.abs().max().item()) if ref.numel() else 1.0
     err = (out - ref).abs()
-    msg = f'{name} ({dtype}): max err {err.max().item() if err.numel() else 0:.3e}, rel rmse {relative_rmse(out, ref):.2e}'
+    max_err = err.max().item() if err.numel() else 0.
+    msg = f'{name} ({dtype}): max err {max_err:.3e}, rel rmse {relative_rmse(out, ref):.2e}'
     if dtype == torch.float32:
         bad = err > FP32_ATOL * scale + FP32_RTOL * ref.abs()
-        assert not bad.any(), f'{msg}; {bad.sum().item()} elements beyond rtol {FP32_RTOL}, atol {FP32_ATOL}*{scale:.3g}'
+        assert not bad.any(), (f'{msg}; {bad.sum().item()} elements beyond rtol {FP32_RTOL}, '
+                               f'atol {FP32_ATOL}*{scale:.3g}')
         return
     assert out_lowp is not None, f'{name}: a {dtype} comparison needs the same-dtype PyTorch result'
     err_lowp = (out_lowp.detach().double().cpu() - ref).abs().max().item() if ref.numel() else 0.
     bound = 2 * err_lowp + LOWP_ATOL[dtype] * scale
-    assert err.numel() == 0 or err.max().item() <= bound, f'{msg}; bound 2*{err_lowp:.3e} + {LOWP_ATOL[dtype]}*{scale:.3g}'
+    assert max_err <= bound, f'{msg}; bound 2*{err_lowp:.3e} + {LOWP_ATOL[dtype]}*{scale:.3g}'

@@ -15,8 +15,8 @@ if not torch.cuda.is_available():
     if 'triton' in sys.modules and os.environ['TRITON_INTERPRET'] == '1':
         import mmvmamba_kernels
         if mmvmamba_kernels.HAS_TRITON and not mmvmamba_kernels._interpreted():
-            raise pytest.UsageError('triton was imported before tests/kernels/conftest.py could set TRITON_INTERPRET=1; '
-                                    'run the kernel tests in their own pytest process (pytest tests/kernels)')
+            raise pytest.UsageError('triton was imported before tests/kernels/conftest.py could set '
+                                    'TRITON_INTERPRET=1; run pytest tests/kernels in its own process')
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,6 @@
 """Fused Triton cross_selective_scan against the composition of the references (spatial-layout inputs)."""
+import importlib
+
 import pytest
 import torch
 
@@ -6,6 +8,9 @@ import mmvmamba_kernels as mk
 from mmvmamba_kernels.cross_selective_scan import CrossSelectiveScanFunction
 from mmvmamba_kernels.cross_selective_scan_ref import spatial_to_seq
 from tests.kernels.test_selective_scan import DEVICE, DTYPES, check_against_ref
+from tests.utils import assert_close
+
+css = importlib.import_module('mmvmamba_kernels.cross_selective_scan')
 
 
 def make_spatial_inputs(batch: int, dim: int, height: int, width: int, d_state: int, device: str = DEVICE) -> dict:
@@ -60,3 +65,23 @@ def test_cross_selective_scan_split_along_L(seg_chunks):
 def test_cross_selective_scan_ref_matches_its_definition():
     inputs = make_spatial_inputs(2, 3, 5, 7, 2)
     torch.testing.assert_close(mk.cross_selective_scan_ref(**inputs), _unfused_ref(**inputs))
+
+
+def test_cross_selective_scan_sequence_route_backward(monkeypatch):
+    """Maps longer than SPATIAL_BWD_MAX_LENGTH run the backward through cross-scanned copies."""
+    monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    inputs = make_spatial_inputs(2, 3, 7, 5, 1)
+    check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
+                      inputs, torch.float32)
+
+
+def test_spatial_and_sequence_backward_routes_agree(monkeypatch):
+    s = make_spatial_inputs(2, 3, 6, 7, 2)
+    args = [s[k] for k in ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
+    out, hs = css._cross_selective_scan_fwd(*args, True, 16, 2)
+    dout = torch.randn_like(out)
+    spatial = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
+    monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    sequence = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
+    for name, a, b in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), spatial, sequence):
+        assert_close(name, a, b)

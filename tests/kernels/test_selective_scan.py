@@ -1,10 +1,14 @@
 """Triton selective scan against the PyTorch reference: output and the gradients of every input."""
+import importlib
+
 import pytest
 import torch
 
 import mmvmamba_kernels as mk
 from mmvmamba_kernels.selective_scan import SelectiveScanFunction, scan_config
 from tests.utils import assert_close
+
+ss = importlib.import_module('mmvmamba_kernels.selective_scan')   # the package's selective_scan is the function
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -73,11 +77,13 @@ def test_selective_scan(batch, groups, dim, length, d_state, dtype):
     check_against_ref(lambda **kw: mk.selective_scan(**kw, use_triton=True), mk.selective_scan_ref, inputs, dtype)
 
 
-@pytest.mark.parametrize('d_state', [1, 16, 5], ids=lambda n: f'N{n}')
-@pytest.mark.parametrize('seg_chunks', [1, 2], ids=lambda s: f'seg{s}')
-def test_selective_scan_split_along_L(seg_chunks, d_state):
+@pytest.mark.parametrize('d_state', [1, 5], ids=lambda n: f'N{n}')
+@pytest.mark.parametrize('seg_chunks, prefetch', [(1, True), (2, True), (5, True), (5, False)],
+                         ids=['seg1', 'seg2', 'seg5', 'seg5-noprefetch'])
+def test_selective_scan_split_along_L(seg_chunks, prefetch, d_state, monkeypatch):
     """Several chunks and several L-segments (summary pass + look-back), forced at a small L."""
-    inputs = make_inputs(2, 2, 3, 71, d_state)   # 5 chunks of 16 steps: 5 or 3 segments
+    monkeypatch.setitem(ss.TUNING, 'prefetch', prefetch)
+    inputs = make_inputs(2, 2, 3, 71, d_state)   # 5 chunks of 16 steps: 5, 3 or 1 segments
 
     def fn(u, delta, A, B, C, D, delta_bias):
         return SelectiveScanFunction.apply(u, delta, A, B, C, D, delta_bias, True, 16, seg_chunks)
