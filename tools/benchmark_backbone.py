@@ -158,9 +158,9 @@ def stability(steps: int) -> dict:
     return result
 
 
-def settings() -> dict:
-    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+def settings(commit: str | None) -> dict:
+    commit = commit or subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                                      cwd=Path(__file__).parent).stdout.strip()
     return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
                 cudnn=torch.backends.cudnn.version(), cudnn_benchmark=torch.backends.cudnn.benchmark,
                 tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
@@ -177,6 +177,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
     parser.add_argument('--profile', choices=['infer', 'train'], help='print a kernel profile of each case instead')
     parser.add_argument('--out', type=Path, help='write the rows as JSON here')
+    parser.add_argument('--commit', help='commit label to record (default: git rev-parse of this checkout)')
     return parser.parse_args()
 
 
@@ -187,7 +188,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
-    info = settings()
+    info = settings(args.commit)
     print(json.dumps(info), flush=True)
     if args.profile:
         for name in args.cases:

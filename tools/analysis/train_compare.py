@@ -1,0 +1,150 @@
+"""Train a VMamba detector/segmentor and its Swin-T counterpart on the same data at the real input sizes, side by side.
+
+    python tools/analysis/train_compare.py --task det --iters 300 --amp    # Mask R-CNN 1333x800, VMamba-T vs Swin-T
+    python tools/analysis/train_compare.py --task seg --iters 300 --amp    # UperNet 512x512 crops
+
+Each model is trained from random initialisation through mmengine's Runner from this repository's config and the
+stock mmdet / mmseg Swin-T config, both switched to the generated shapes dataset (``data/shapes``, made on first
+use; images are resized to the real training sizes: 1333x800 for Mask R-CNN, the ADE20K 512x512 crop pipeline for
+UperNet) and to an iteration-based schedule; then evaluated once. Reported per model: median seconds per
+iteration after warm-up, peak GPU memory, first and last losses, whether any loss was NaN/inf, and the metrics.
+"""
+import argparse
+import json
+import math
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from mmvmamba.datasets.synthetic_shapes import generate_shapes_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = {
+    'det': {
+        'vmamba-t': str(REPO / 'configs/det/mask-rcnn_vmamba-t_fpn_1x_coco.py'),
+        'swin-t': 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py',
+    },
+    'seg': {
+        'vmamba-t': str(REPO / 'configs/seg/upernet_vmamba-t_8xb2-160k_ade20k-512x512.py'),
+        'swin-t': 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
+    },
+}
+DET_CLASSES = ('square', 'circle', 'triangle')
+SEG_CLASSES = ('background', 'square', 'circle', 'triangle')
+
+
+def load_config(path: str) -> Config:
+    if path.startswith(('mmdet::', 'mmseg::')):  # a stock config: inherit it from a one-line file
+        with tempfile.NamedTemporaryFile('w', suffix='.py', delete=False) as f:
+            f.write(f"_base_ = ['{path}']\n")
+        return Config.fromfile(f.name)
+    return Config.fromfile(path)
+
+
+def _det_dataset(root: str, split: str, pipeline: list, test_mode: bool) -> dict:
+    return dict(type='CocoDataset', data_root=root, metainfo=dict(classes=DET_CLASSES),
+                ann_file=f'annotations/instances_{split}.json', data_prefix=dict(img=f'images/{split}/'),
+                filter_cfg=dict(filter_empty_gt=not test_mode, min_size=4), test_mode=test_mode, pipeline=pipeline)
+
+
+def _seg_dataset(root: str, split: str, pipeline: list, test_mode: bool) -> dict:
+    return dict(type='BaseSegDataset', data_root=root, metainfo=dict(classes=SEG_CLASSES), img_suffix='.png',
+                seg_map_suffix='.png', reduce_zero_label=True, test_mode=test_mode, pipeline=pipeline,
+                data_prefix=dict(img_path=f'images/{split}', seg_map_path=f'annotations/{split}'))
+
+
+def adapt(cfg: Config, task: str, root: str, iters: int, amp: bool, batch: int, work_dir: Path) -> Config:
+    """Switch a COCO / ADE20K config to the shapes data, random initialisation and ``iters`` iterations."""
+    cfg.work_dir = str(work_dir)
+    cfg.model.backbone.init_cfg = None
+    cfg.model.backbone.pop('pretrained', None)
+    if task == 'det':
+        cfg.model.roi_head.bbox_head.num_classes = cfg.model.roi_head.mask_head.num_classes = len(DET_CLASSES)
+        for step in cfg.train_pipeline + cfg.test_pipeline:
+            if step['type'] == 'Resize':  # every image at the COCO training size
+                step.update(scale=(1333, 800), keep_ratio=False)
+        train = _det_dataset(root, 'training', cfg.train_pipeline, False)
+        val = _det_dataset(root, 'validation', cfg.test_pipeline, True)
+        cfg.val_evaluator = dict(type='CocoMetric', ann_file=f'{root}/annotations/instances_validation.json',
+                                 metric=['bbox', 'segm'])
+    else:
+        cfg.model.decode_head.num_classes = cfg.model.auxiliary_head.num_classes = len(SEG_CLASSES)
+        train = _seg_dataset(root, 'training', cfg.train_pipeline, False)
+        val = _seg_dataset(root, 'validation', cfg.test_pipeline, True)
+        cfg.val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.train_dataloader = dict(batch_size=batch, num_workers=2, persistent_workers=False,
+                                sampler=dict(type='InfiniteSampler', shuffle=True), dataset=train)
+    cfg.val_dataloader = cfg.test_dataloader = dict(batch_size=1, num_workers=2, persistent_workers=False,
+                                                    drop_last=False, sampler=dict(type='DefaultSampler',
+                                                                                  shuffle=False), dataset=val)
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters + 1)  # evaluated after
+    cfg.val_cfg, cfg.test_cfg = dict(type='ValLoop'), dict(type='TestLoop')
+    warmup = min(50, iters // 4)
+    cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup)]
+    cfg.optim_wrapper.type = 'AmpOptimWrapper' if amp else 'OptimWrapper'
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=10, log_metric_by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters)
+    cfg.log_processor = dict(by_epoch=False)
+    cfg.pop('auto_scale_lr', None)
+    return cfg
+
+
+def _history(runner: Runner, key: str) -> list[float]:
+    if not runner.message_hub.log_scalars.get(key):
+        return []
+    return [float(v) for v in runner.message_hub.get_scalar(key).data[0]]
+
+
+def train_one(name: str, cfg: Config, warmup: int) -> dict:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    times, losses = _history(runner, 'train/time'), _history(runner, 'train/loss')
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float('nan')
+    metrics = runner.val_loop.run() if runner.val_loop is not None else {}
+    steady = times[warmup:] or times
+    return dict(model=name, s_per_iter=round(statistics.median(steady), 4), peak_mib=round(peak),
+                first_loss=round(losses[0], 4), last_loss=round(statistics.mean(losses[-10:]), 4),
+                nonfinite_losses=sum(not math.isfinite(v) for v in losses),
+                metrics={k: round(float(v), 4) for k, v in metrics.items()})
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--task', choices=sorted(CONFIGS), required=True)
+    parser.add_argument('--models', nargs='+', default=['vmamba-t', 'swin-t'])
+    parser.add_argument('--iters', type=int, default=300)
+    parser.add_argument('--warmup-iters', type=int, default=30, help='left out of the median time. Default: 30')
+    parser.add_argument('--batch', type=int, default=2, help='images per iteration. Default: 2')
+    parser.add_argument('--amp', action='store_true', help='fp16 autocast with a dynamic loss scale')
+    parser.add_argument('--data-root', default='data/shapes')
+    parser.add_argument('--out-dir', type=Path, default=Path('work_dirs/analysis/train_compare'))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    generate_shapes_dataset(args.data_root)
+    rows = []
+    for name in args.models:
+        cfg = adapt(load_config(CONFIGS[args.task][name]), args.task, args.data_root, args.iters, args.amp,
+                    args.batch, args.out_dir / args.task / name)
+        cfg.visualizer.name = f'train_compare_{args.task}_{name}'
+        rows.append(train_one(name, cfg, args.warmup_iters))
+        print(json.dumps(rows[-1]), flush=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    out = args.out_dir / f'{args.task}.json'
+    out.write_text(json.dumps(dict(task=args.task, iters=args.iters, amp=args.amp, batch=args.batch,
+                                   gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
+                                   rows=rows), indent=1))
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()
