@@ -1,0 +1,12 @@
+# Mask R-CNN with a VMamba-T [s2l5] (the older tiny) backbone, 1x schedule on COCO:
+# the recipe of mask-rcnn_vmamba-t_fpn_1x_coco.py with this backbone.
+# Classification checkpoint for init_cfg (docs/model_zoo.md):
+# https://github.com/MzeroMiko/VMamba/releases/download/v2cls/vssm_tiny_0230_ckpt_epoch_262.pth
+_base_ = ['./mask-rcnn_vmamba-t_fpn_1x_coco.py']
+
+pretrained = 'checkpoints/vssm_tiny_0230_ckpt_epoch_262.pth'
+model = dict(
+    backbone=dict(
+        arch='tiny-s2l5',
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,3 @@
+from .check_hook import VMambaCheckHook
+
+__all__ = ['VMambaCheckHook']
