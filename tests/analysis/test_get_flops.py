@@ -2,10 +2,9 @@
 
 The published figures (VMamba README, spec section 5.3) are checked within 2 % for VMamba-T, building the full-size
 models on the CPU: Mask R-CNN at 1280x800, UperNet at 512x2048, the ImageNet classifier at 224. S and B take the
-same path (about 30-60 s each on two cores); run them with ``MMVMAMBA_FLOPS_ALL=1``.
+same path (about 30-60 s each on two cores).
 """
 import json
-import os
 
 import pytest
 import torch
@@ -28,15 +27,12 @@ PUBLISHED = {
 # numbers all do), so S is checked against the script's value.
 OFFICIAL_SCRIPT = {('det', 'small'): (69.654e6, 348.92e9)}
 
-RUN_ALL = os.environ.get('MMVMAMBA_FLOPS_ALL') == '1'
 CASES = [
     pytest.param('det', 'tiny', id='mask-rcnn-T'),
     pytest.param('seg', 'tiny', id='upernet-T'),
     pytest.param('cls', 'tiny', id='cls-T'),
-    pytest.param('det', 'small', id='mask-rcnn-S',
-                 marks=pytest.mark.skipif(not RUN_ALL, reason='slow; set MMVMAMBA_FLOPS_ALL=1')),
-    pytest.param('det', 'base', id='mask-rcnn-B',
-                 marks=pytest.mark.skipif(not RUN_ALL, reason='slow; set MMVMAMBA_FLOPS_ALL=1')),
+    pytest.param('det', 'small', id='mask-rcnn-S'),
+    pytest.param('det', 'base', id='mask-rcnn-B'),
 ]
 
 
