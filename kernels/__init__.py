@@ -3,7 +3,8 @@
 This module is the one place that picks an implementation. Each public function takes ``use_triton``:
 ``None`` picks the Triton kernel for CUDA tensors (when Triton is installed) and the pure-PyTorch reference
 otherwise; ``True`` forces the Triton kernel (CPU tensors too, under ``TRITON_INTERPRET=1`` set before Triton is
-imported); ``False`` forces the reference. Unsupported dtypes, devices, ranks or shapes raise TypeError/ValueError.
+imported); ``False`` forces the reference. Unsupported dtypes, devices, ranks or shapes raise TypeError/ValueError: the
+arguments are checked here, once, for both paths (the Triton modules' functions take checked arguments).
 """
 import torch
 

@@ -13,7 +13,7 @@ import triton
 from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
 from .cross_selective_scan_ref import seq_to_spatial, spatial_to_seq
 from .selective_scan import _launch_bwd, _launch_fwd, scan_config
-from .utils import check_cross_selective_scan_args, input_guard
+from .utils import input_guard
 
 
 # Up to this length the backward also runs the spatial kernel (atomics into dx); beyond it the sequence-layout
@@ -133,7 +133,6 @@ def cross_selective_scan(x: torch.Tensor,
     Returns:
         ``[B, D, H, W]`` fp32.
     """
-    check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias)
     block_t = scan_config(x.shape[2] * x.shape[3], A.shape[1])['block_t']
     return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t,
                                             seg_chunks or 0)

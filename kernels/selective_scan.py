@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import check_selective_scan_args, input_guard, next_power_of_2
+from .utils import input_guard, next_power_of_2
 
 @triton.jit
 def _scan_combine(a1, b1, a2, b2):
@@ -606,6 +606,5 @@ def selective_scan(u: torch.Tensor,
     Returns:
         ``[B, K*D, L]`` fp32.
     """
-    check_selective_scan_args(u, delta, A, B, C, D, delta_bias)
     block_t = scan_config(u.shape[2], A.shape[1])['block_t']
     return SelectiveScanFunction.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks or 0)

@@ -12,11 +12,11 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmvmamba.engine.config_utils import check_data_paths, enable_visualization, task_of
+from mmvmamba.engine.config_utils import check_data_paths, enable_visualization, load_tool_config, task_of
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,15 +38,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
     task = task_of(cfg)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir') is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist (release URLs: docs/model_zoo.md)')
     cfg.load_from = args.checkpoint

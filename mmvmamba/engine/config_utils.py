@@ -21,6 +21,24 @@ def task_of(cfg: Config) -> str:
     return TASKS[scope]
 
 
+def load_tool_config(config: str, cfg_options: dict | None, launcher: str, work_dir: str | None) -> Config:
+    """The config as tools/train.py and tools/test.py run it: options merged, launcher and work_dir set.
+
+    ``work_dir`` defaults to the config's own, else ``work_dirs/CONFIG_NAME``. Raises for a config that is
+    neither mmdet's nor mmseg's (see :func:`task_of`).
+    """
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    task_of(cfg)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
+    return cfg
+
+
 def _leaf_datasets(dataset: dict, where: str):
     """(where, dataset config) of each dataset that reads files, through wrappers such as RepeatDataset."""
     if 'dataset' in dataset:
