@@ -119,6 +119,7 @@ def cross_selective_scan(x: torch.Tensor,
                          D: torch.Tensor | None = None,
                          delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True,
+                         delta_proj_weight: torch.Tensor | None = None,
                          use_triton: bool | None = None) -> torch.Tensor:
     """Fused SS2D scan stage on spatial-layout inputs (see :func:`cross_selective_scan_ref`).
 
@@ -135,15 +136,19 @@ def cross_selective_scan(x: torch.Tensor,
         D: ``[4*D]``. Default: None.
         delta_bias: ``[4*D]``. Default: None.
         delta_softplus: apply softplus to ``delta + delta_bias``. Default: True.
+        delta_proj_weight: ``[4, D, R]``: if given, ``delta`` is the low-rank ``[B, 4, R, H, W]`` (SS2D's dt before
+            dt_proj) and the full step sizes are formed inside, so training keeps only the low-rank ones for the
+            backward (a quarter of x's size per rank unit instead of four times x's size). Default: None.
         use_triton: as in :func:`cross_scan`. Default: None.
 
     Returns:
         ``[B, D, H, W]`` fp32.
     """
-    check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias)
+    check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias, delta_proj_weight)
     if _want_triton(use_triton, x):
-        return _cross_selective_scan_triton.cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus)
-    return cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, delta_softplus)
+        return _cross_selective_scan_triton.cross_selective_scan(x, delta, A, B, C, D, delta_bias, delta_softplus,
+                                                                 delta_proj_weight=delta_proj_weight)
+    return cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, delta_softplus, delta_proj_weight)
 
 
 def layer_norm(x: torch.Tensor,

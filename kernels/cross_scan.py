@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import input_guard
+from .utils import eager_or_custom_op, input_guard
 
 BLOCK_H = 64      # cross-scan tile (measured on an H100, docs/benchmarks.md)
 BLOCK_W = 64
@@ -22,7 +22,7 @@ MERGE_WARPS = 4
 
 @triton.jit(do_not_specialize=['C', 'H', 'W'])
 def _cross_scan_fwd_kernel(
-    p_x,   # [B, C, H, W]
+    p_x,   # [B, C, H, W], or [B, 4, C, H, W] with PER_DIRECTION
     p_xs,  # [B, 4, C, L]
     C,
     H,
@@ -30,6 +30,7 @@ def _cross_scan_fwd_kernel(
     L,  # H * W, passed so that Triton can see when planes start 16-aligned (vector loads and stores)
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    PER_DIRECTION: tl.constexpr,  # direction k reads its own plane k (step sizes, B and C of the fused backward)
 ):
     i_p, i_t = tl.program_id(0), tl.program_id(1)
     n_tw = tl.cdiv(W, BLOCK_W)
@@ -37,57 +38,75 @@ def _cross_scan_fwd_kernel(
     w0 = (i_t % n_tw) * BLOCK_W
     i_b = i_p // C
     i_c = i_p - i_b * C
-    o_plane = i_p.to(tl.int64) * L
     o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
     s_dir = C.to(tl.int64) * L
+    if PER_DIRECTION:
+        o_src = o_seq
+        s_src = s_dir
+    else:
+        o_src = i_p.to(tl.int64) * L
+        s_src = 0
     o_i = tl.arange(0, BLOCK_H)
     o_j = tl.arange(0, BLOCK_W)
 
     f_h = h0 + o_i
     f_w = w0 + o_j
     m_f = (f_h[:, None] < H) & (f_w[None, :] < W)
-    b_x = tl.load(p_x + o_plane + f_h[:, None] * W + f_w[None, :], mask=m_f)
-    tl.store(p_xs + o_seq + f_h[:, None] * W + f_w[None, :], b_x, mask=m_f)
+    o_f = f_h[:, None] * W + f_w[None, :]
+    b_x = tl.load(p_x + o_src + o_f, mask=m_f)
+    tl.store(p_xs + o_seq + o_f, b_x, mask=m_f)
+    if PER_DIRECTION:
+        b_x = tl.load(p_x + o_src + s_src + o_f, mask=m_f)
     tl.store(p_xs + o_seq + s_dir + f_w[None, :] * H + f_h[:, None], b_x, mask=m_f)
 
     # reversed arrangement: a second read of the same tile (cache hits) instead of a register flip
     r_h = h0 + BLOCK_H - 1 - o_i
     r_w = w0 + BLOCK_W - 1 - o_j
     m_r = (r_h[:, None] < H) & (r_w[None, :] < W)
-    b_xr = tl.load(p_x + o_plane + r_h[:, None] * W + r_w[None, :], mask=m_r)
+    o_r = r_h[:, None] * W + r_w[None, :]
+    b_xr = tl.load(p_x + o_src + 2 * s_src + o_r, mask=m_r)
     e_2 = (L - 1 - (h0 + BLOCK_H - 1) * W - (w0 + BLOCK_W - 1)) + o_i[:, None] * W + o_j[None, :]
     e_3 = (L - 1 - (w0 + BLOCK_W - 1) * H - (h0 + BLOCK_H - 1)) + o_j[None, :] * H + o_i[:, None]
     tl.store(p_xs + o_seq + 2 * s_dir + e_2, b_xr, mask=m_r)
+    if PER_DIRECTION:
+        b_xr = tl.load(p_x + o_src + 3 * s_src + o_r, mask=m_r)
     tl.store(p_xs + o_seq + 3 * s_dir + e_3, b_xr, mask=m_r)
 
 
 @triton.jit(do_not_specialize=['C', 'H', 'W'])
 def _cross_scan_bwd_kernel(
     p_dxs,  # [B, 4, C, L]
-    p_dx,   # [B, C, H, W]
+    p_dx,   # [B, C, H, W], or [B, 4, C, H, W] with PER_DIRECTION
     C,
     H,
     W,
     L,  # H * W, passed so that Triton can see when planes start 16-aligned (vector loads and stores)
     BLOCK: tl.constexpr,
+    PER_DIRECTION: tl.constexpr,  # write direction k to its own plane k instead of summing the four
 ):
     # one flat block of map positions; the column-major loads are strided, but a block covers whole rows, so the
     # sectors they touch are reused from L1/L2 by the neighbouring rows (measured faster than a tile transpose)
     i_p, i_blk = tl.program_id(0), tl.program_id(1)
     i_b = i_p // C
     i_c = i_p - i_b * C
-    o_plane = i_p.to(tl.int64) * L
     o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
     s_dir = C.to(tl.int64) * L
     o_pos = i_blk * BLOCK + tl.arange(0, BLOCK)
     m = o_pos < L
     o_h = o_pos // W
     o_col = (o_pos - o_h * W) * H + o_h                      # column-major index of the same position
-    b_dx = tl.load(p_dxs + o_seq + o_pos, mask=m, other=0.).to(tl.float32)
-    b_dx += tl.load(p_dxs + o_seq + s_dir + o_col, mask=m, other=0.).to(tl.float32)
-    b_dx += tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_pos), mask=m, other=0.).to(tl.float32)
-    b_dx += tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - o_col), mask=m, other=0.).to(tl.float32)
-    tl.store(p_dx + o_plane + o_pos, b_dx.to(p_dx.dtype.element_ty), mask=m)
+    b_0 = tl.load(p_dxs + o_seq + o_pos, mask=m, other=0.).to(tl.float32)
+    b_1 = tl.load(p_dxs + o_seq + s_dir + o_col, mask=m, other=0.).to(tl.float32)
+    b_2 = tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_pos), mask=m, other=0.).to(tl.float32)
+    b_3 = tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - o_col), mask=m, other=0.).to(tl.float32)
+    out_ty = p_dx.dtype.element_ty
+    if PER_DIRECTION:
+        tl.store(p_dx + o_seq + o_pos, b_0.to(out_ty), mask=m)
+        tl.store(p_dx + o_seq + s_dir + o_pos, b_1.to(out_ty), mask=m)
+        tl.store(p_dx + o_seq + 2 * s_dir + o_pos, b_2.to(out_ty), mask=m)
+        tl.store(p_dx + o_seq + 3 * s_dir + o_pos, b_3.to(out_ty), mask=m)
+    else:
+        tl.store(p_dx + i_p.to(tl.int64) * L + o_pos, ((b_0 + b_1) + (b_2 + b_3)).to(out_ty), mask=m)
 
 
 def _grid(planes: int, height: int, width: int) -> tuple[int, int]:
@@ -95,25 +114,36 @@ def _grid(planes: int, height: int, width: int) -> tuple[int, int]:
 
 
 @input_guard
-def _cross_scan_fwd(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, 4, C, H*W]`` of ``x``'s dtype."""
-    batch, channels, height, width = x.shape
+def _cross_scan_fwd(x: torch.Tensor, per_direction: bool = False) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, 4, C, H*W]`` of ``x``'s dtype.
+
+    With ``per_direction``, ``x`` is ``[B, 4, C, H, W]`` and direction ``k`` reads plane ``k`` (the spatial layout of
+    per-direction values such as the step sizes).
+    """
+    batch, channels, height, width = x.shape[0], x.shape[-3], x.shape[-2], x.shape[-1]
     xs = torch.empty(batch, 4, channels, height * width, dtype=x.dtype, device=x.device)
     if xs.numel():
         _cross_scan_fwd_kernel[_grid(batch * channels, height, width)](
-            x, xs, channels, height, width, height * width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS)
+            x, xs, channels, height, width, height * width, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W,
+            PER_DIRECTION=per_direction, num_warps=NUM_WARPS)
     return xs
 
 
 @input_guard
-def _cross_scan_bwd(dxs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``[B, 4, C, H*W]`` -> ``[B, C, H, W]``: sum of the four directions at each position (cross-merge)."""
+def _cross_scan_bwd(dxs: torch.Tensor, height: int, width: int, per_direction: bool = False,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``[B, 4, C, H*W]`` -> ``[B, C, H, W]``: sum of the four directions at each position (cross-merge).
+
+    With ``per_direction`` nothing is summed: ``[B, 4, C, H, W]``, direction ``k``'s values on plane ``k`` (the
+    inverse of ``_cross_scan_fwd(..., per_direction=True)``). The result has ``out_dtype`` (default: the input's).
+    """
     batch, _, channels, _ = dxs.shape
-    dx = torch.empty(batch, channels, height, width, dtype=dxs.dtype, device=dxs.device)
+    shape = (batch, 4, channels, height, width) if per_direction else (batch, channels, height, width)
+    dx = torch.empty(shape, dtype=out_dtype or dxs.dtype, device=dxs.device)
     if dx.numel():
         grid = (batch * channels, triton.cdiv(height * width, MERGE_BLOCK))
         _cross_scan_bwd_kernel[grid](dxs, dx, channels, height, width, height * width, BLOCK=MERGE_BLOCK,
-                                     num_warps=MERGE_WARPS)
+                                     PER_DIRECTION=per_direction, num_warps=MERGE_WARPS)
     return dx
 
 
@@ -128,10 +158,15 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(batch, 4, channels, height * width)
 
 
-@torch.library.custom_op('mmvmamba::cross_merge', mutates_args=())
-def _cross_merge_op(y: torch.Tensor) -> torch.Tensor:
+def _cross_merge(y: torch.Tensor) -> torch.Tensor:
+    """``[B, 4, C, H, W]`` -> ``[B, C, H, W]``."""
     batch, _, channels, height, width = y.shape
     return _cross_scan_bwd(y.reshape(batch, 4, channels, height * width), height, width)
+
+
+@torch.library.custom_op('mmvmamba::cross_merge', mutates_args=())
+def _cross_merge_op(y: torch.Tensor) -> torch.Tensor:
+    return _cross_merge(y)
 
 
 @_cross_merge_op.register_fake
@@ -140,33 +175,33 @@ def _(y: torch.Tensor) -> torch.Tensor:
     return y.new_empty(batch, channels, height, width)
 
 
+_scan = eager_or_custom_op('cross_scan', _cross_scan_fwd)
+_merge = eager_or_custom_op('cross_merge', _cross_merge)
+
+
 class CrossScanFunction(torch.autograd.Function):
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.hw = x.shape[2:]
-        return torch.ops.mmvmamba.cross_scan(x)
+        return _scan(x)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, dxs: torch.Tensor) -> torch.Tensor:
         batch, _, channels, _ = dxs.shape
-        return torch.ops.mmvmamba.cross_merge(dxs.contiguous().view(batch, 4, channels, *ctx.hw))
+        return _merge(dxs.contiguous().view(batch, 4, channels, *ctx.hw))
 
 
 class CrossMergeFunction(torch.autograd.Function):
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, y: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mmvmamba.cross_merge(y)
+        return _merge(y)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, dy: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = dy.shape
-        return torch.ops.mmvmamba.cross_scan(dy).view(batch, 4, channels, height, width)
+        return _scan(dy).view(batch, 4, channels, height, width)
 
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:

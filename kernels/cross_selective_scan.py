@@ -11,9 +11,9 @@ import torch
 import triton
 
 from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
-from .cross_selective_scan_ref import seq_to_spatial, spatial_to_seq
+from .cross_selective_scan_ref import expand_delta
 from .selective_scan import _launch_bwd, _launch_fwd, scan_config
-from .utils import input_guard
+from .utils import eager_or_custom_op, input_guard
 
 
 # Up to this length the backward also runs the spatial kernel (atomics into dx); beyond it the sequence-layout
@@ -40,16 +40,18 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_
         dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
                                                       block_t, seg_chunks, batch, dim, length, (height, width))
         return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
-    # sequence layout: cross-scanned x, per-direction orders of delta, B, C and of dout (the merge's adjoint)
+    # sequence layout: cross-scanned x and dout (the merge's adjoint), per-direction orders of delta, B and C
     xs = _cross_scan_fwd(x).view(batch, 4 * dim, length)
-    delta_s = spatial_to_seq(delta).reshape(batch, 4 * dim, length)
+    delta_s = _cross_scan_fwd(delta, per_direction=True).view(batch, 4 * dim, length)
     dout_s = _cross_scan_fwd(dout).view(batch, 4 * dim, length)
-    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, spatial_to_seq(B).contiguous(),
-                                                  spatial_to_seq(C).contiguous(), D, delta_bias, dout_s, hs,
-                                                  delta_softplus, block_t, seg_chunks, batch, dim, length, None)
-    dx = _cross_scan_bwd(du.view(batch, 4, dim, length), height, width)
-    return (dx, seq_to_spatial(ddelta.view(batch, 4, dim, length), height, width), dA,
-            seq_to_spatial(dB, height, width), seq_to_spatial(dC, height, width), dD, ddb)
+    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, _cross_scan_fwd(B, per_direction=True),
+                                                  _cross_scan_fwd(C, per_direction=True), D, delta_bias, dout_s, hs,
+                                                  delta_softplus, block_t, seg_chunks, batch, dim, length, None,
+                                                  grad_bc_dtype=torch.float32)
+    return (_cross_scan_bwd(du.view(batch, 4, dim, length), height, width),
+            _cross_scan_bwd(ddelta.view(batch, 4, dim, length), height, width, per_direction=True), dA,
+            _cross_scan_bwd(dB, height, width, per_direction=True, out_dtype=B.dtype),
+            _cross_scan_bwd(dC, height, width, per_direction=True, out_dtype=C.dtype), dD, ddb)
 
 
 @torch.library.custom_op('mmvmamba::cross_selective_scan_fwd', mutates_args=())
@@ -87,25 +89,41 @@ def _(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t, seg_c
             x.new_empty(rows, **(f32 if delta_bias is None else dict(dtype=delta_bias.dtype))))
 
 
+_fused_fwd = eager_or_custom_op('cross_selective_scan_fwd', _cross_selective_scan_fwd)
+_fused_bwd = eager_or_custom_op('cross_selective_scan_bwd', _cross_selective_scan_bwd)
+
+
+def _low_rank_grads(ddelta, dt, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`expand_delta` for ``ddelta [B, 4, D, H, W]``: ``(d dt, d weight)``."""
+    ddelta = ddelta.flatten(3)
+    ddt = torch.matmul(weight.to(ddelta.dtype).transpose(1, 2), ddelta).unflatten(3, dt.shape[3:])
+    dweight = torch.matmul(ddelta, dt.flatten(3).transpose(2, 3)).sum(0, dtype=torch.float32)
+    return ddt, dweight.to(weight.dtype)
+
+
 class CrossSelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type='cuda')
-    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
-        out, hs = torch.ops.mmvmamba.cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus,
-                                                               block_t, seg_chunks)
-        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, hs)
+    def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, delta_proj_weight):
+        # Low-rank delta: the full step sizes (4x the size of x) are formed here and again in the backward, not kept.
+        full = delta if delta_proj_weight is None else expand_delta(delta, delta_proj_weight)
+        out, hs = _fused_fwd(x, full, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks)
+        ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, hs, delta_proj_weight)
         ctx.delta_softplus, ctx.block_t, ctx.seg_chunks = delta_softplus, block_t, seg_chunks
+        ctx.full_dtype = full.dtype  # autocast may have chosen it in the forward; the backward runs without autocast
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, dout):
-        x, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
-        dx, ddelta, dA, dB, dC, dD, ddb = torch.ops.mmvmamba.cross_selective_scan_bwd(
-            x, delta, A, B, C, D, delta_bias, dout, hs, ctx.delta_softplus, ctx.block_t, ctx.seg_chunks)
+        x, delta, A, B, C, D, delta_bias, hs, weight = ctx.saved_tensors
+        full = delta if weight is None else expand_delta(delta, weight).to(ctx.full_dtype)
+        dx, ddelta, dA, dB, dC, dD, ddb = _fused_bwd(
+            x, full, A, B, C, D, delta_bias, dout, hs, ctx.delta_softplus, ctx.block_t, ctx.seg_chunks)
+        dweight = None
+        if weight is not None:
+            ddelta, dweight = _low_rank_grads(ddelta, delta, weight)
         return (dx, ddelta, dA, dB, dC, dD if D is not None else None, ddb if delta_bias is not None else None,
-                None, None, None)
+                None, None, None, dweight)
 
 
 def cross_selective_scan(x: torch.Tensor,
@@ -116,12 +134,13 @@ def cross_selective_scan(x: torch.Tensor,
                          D: torch.Tensor | None = None,
                          delta_bias: torch.Tensor | None = None,
                          delta_softplus: bool = True,
-                         seg_chunks: int | None = None) -> torch.Tensor:
+                         seg_chunks: int | None = None,
+                         delta_proj_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Fused SS2D scan stage with the Triton kernels (same math and arguments as :func:`cross_selective_scan_ref`).
 
     Args:
         x: ``[B, D, H, W]`` fp32/fp16/bf16.
-        delta: ``[B, 4, D, H, W]`` (spatial layout).
+        delta: ``[B, 4, D, H, W]`` (spatial layout), or ``[B, 4, R, H, W]`` with ``delta_proj_weight``.
         A: ``[4*D, N]``.
         B: ``[B, 4, N, H, W]`` (spatial layout).
         C: ``[B, 4, N, H, W]``.
@@ -129,10 +148,11 @@ def cross_selective_scan(x: torch.Tensor,
         delta_bias: ``[4*D]``. Default: None.
         delta_softplus: apply softplus to ``delta + delta_bias``. Default: True.
         seg_chunks: chunks per L-segment. Default: None (chosen from the GPU's size).
+        delta_proj_weight: ``[4, D, R]`` low-rank projection of ``delta``. Default: None.
 
     Returns:
         ``[B, D, H, W]`` fp32.
     """
     block_t = scan_config(x.shape[2] * x.shape[3], A.shape[1])['block_t']
     return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t,
-                                            seg_chunks or 0)
+                                            seg_chunks or 0, delta_proj_weight)

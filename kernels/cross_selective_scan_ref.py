@@ -19,6 +19,14 @@ def spatial_to_seq(t: torch.Tensor) -> torch.Tensor:
     return torch.stack([rows, cols, rows_rev, cols_rev], dim=1)
 
 
+def expand_delta(dt: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Low-rank step sizes to full ones: ``dt [B, 4, R, H, W]``, ``weight [4, D, R]`` -> ``[B, 4, D, H, W]``.
+
+    The matmul runs in ``dt``'s dtype (what autocast gives SS2D's dt_proj).
+    """
+    return torch.matmul(weight.to(dt.dtype), dt.flatten(3)).unflatten(3, dt.shape[3:])
+
+
 def cross_selective_scan_ref(x: torch.Tensor,
                              delta: torch.Tensor,
                              A: torch.Tensor,
@@ -26,7 +34,8 @@ def cross_selective_scan_ref(x: torch.Tensor,
                              C: torch.Tensor,
                              D: torch.Tensor | None = None,
                              delta_bias: torch.Tensor | None = None,
-                             delta_softplus: bool = True) -> torch.Tensor:
+                             delta_softplus: bool = True,
+                             delta_proj_weight: torch.Tensor | None = None) -> torch.Tensor:
     """SS2D's scan stage on spatial-layout inputs, in fp32.
 
     Args:
@@ -38,10 +47,14 @@ def cross_selective_scan_ref(x: torch.Tensor,
         D: ``[4*D]``. Default: None.
         delta_bias: ``[4*D]``. Default: None.
         delta_softplus: apply softplus to ``delta + delta_bias``. Default: True.
+        delta_proj_weight: ``[4, D, R]``: if given, ``delta`` is the low-rank ``[B, 4, R, H, W]`` and the step sizes
+            are :func:`expand_delta` of it (SS2D's dt_proj). Default: None.
 
     Returns:
         ``[B, D, H, W]`` fp32: the four directions' outputs summed at each position.
     """
+    if delta_proj_weight is not None:
+        delta = expand_delta(delta, delta_proj_weight)
     batch, dim, height, width = x.shape
     length = height * width
     xs = cross_scan_ref(x).reshape(batch, 4 * dim, length)

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .utils import input_guard, next_power_of_2
+from .utils import eager_or_custom_op, input_guard, next_power_of_2, sm_count
 
 MAX_CHANNELS = 8192
 
@@ -54,8 +54,7 @@ def _layer_norm_bwd_kernel(
     p_mean,  # [M] fp32
     p_rstd,  # [M] fp32
     p_dx,    # [M, N] x dtype
-    p_dw,    # [programs, N] fp32 partial sums
-    p_db,    # [programs, N] fp32 partial sums
+    p_dwb,   # [programs, 2, N] fp32 partial sums of dw and db (one buffer: one reduction launch after)
     M,
     N,
     BLOCKS_PER_PROGRAM,
@@ -85,8 +84,8 @@ def _layer_norm_bwd_kernel(
         tl.store(p_dx + o_x, b_dx.to(p_dx.dtype.element_ty), mask=mask)
         b_dw += tl.sum(b_dy * b_xhat, 0)
         b_db += tl.sum(b_dy, 0)
-    tl.store(p_dw + i_p * N + o_n, b_dw, mask=m_n)
-    tl.store(p_db + i_p * N + o_n, b_db, mask=m_n)
+    tl.store(p_dwb + i_p * 2 * N + o_n, b_dw, mask=m_n)
+    tl.store(p_dwb + i_p * 2 * N + N + o_n, b_db, mask=m_n)
 
 
 def _block_m(n: int) -> int:
@@ -108,20 +107,19 @@ def _layer_norm_fwd(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 
 @input_guard
-def _layer_norm_bwd(x2d, weight, dy, mean, rstd) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _layer_norm_bwd(x2d, weight, dy, mean, rstd) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx, [dweight; dbias] as one [2, N] tensor)``."""
     rows, channels = x2d.shape
     block_m, block_n = _block_m(channels), next_power_of_2(channels)
     blocks = triton.cdiv(rows, block_m)
-    programs = min(blocks, 4 * torch.cuda.get_device_properties(x2d.device).multi_processor_count
-                   if x2d.is_cuda else 4)
+    programs = min(blocks, 4 * sm_count(x2d.device))
     per_program = triton.cdiv(blocks, programs)
     programs = triton.cdiv(blocks, per_program)
     dx = torch.empty_like(x2d)
-    dw = torch.empty((programs, channels), dtype=torch.float32, device=x2d.device)
-    db = torch.empty((programs, channels), dtype=torch.float32, device=x2d.device)
-    _layer_norm_bwd_kernel[(programs, )](x2d, weight, dy, mean, rstd, dx, dw, db, rows, channels, per_program,
+    dwb = torch.empty((programs, 2, channels), dtype=torch.float32, device=x2d.device)
+    _layer_norm_bwd_kernel[(programs, )](x2d, weight, dy, mean, rstd, dx, dwb, rows, channels, per_program,
                                          BLOCK_M=block_m, BLOCK_N=block_n)
-    return dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)
+    return dx, dwb.sum(0).to(weight.dtype)
 
 
 @torch.library.custom_op('mmvmamba::layer_norm_fwd', mutates_args=())
@@ -139,32 +137,34 @@ def _(x2d, weight, bias, eps, out_dtype):
 
 @torch.library.custom_op('mmvmamba::layer_norm_bwd', mutates_args=())
 def _layer_norm_bwd_op(x2d: torch.Tensor, weight: torch.Tensor, dy: torch.Tensor, mean: torch.Tensor,
-                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return _layer_norm_bwd(x2d, weight, dy, mean, rstd)
 
 
 @_layer_norm_bwd_op.register_fake
 def _(x2d, weight, dy, mean, rstd):
-    return torch.empty_like(x2d), torch.empty_like(weight), torch.empty_like(weight)
+    return torch.empty_like(x2d), weight.new_empty(2, weight.shape[0])
+
+
+_norm_fwd = eager_or_custom_op('layer_norm_fwd', _layer_norm_fwd)
+_norm_bwd = eager_or_custom_op('layer_norm_bwd', _layer_norm_bwd)
 
 
 class LayerNormFunction(torch.autograd.Function):
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, x, weight, bias, eps, out_dtype):
         x2d = x.reshape(-1, x.shape[-1])
-        y, mean, rstd = torch.ops.mmvmamba.layer_norm_fwd(x2d, weight, bias, eps, out_dtype)
+        y, mean, rstd = _norm_fwd(x2d, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x2d, weight, mean, rstd)
         ctx.x_shape = x.shape
         return y.view(x.shape)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, dy):
         x2d, weight, mean, rstd = ctx.saved_tensors
-        dx, dw, db = torch.ops.mmvmamba.layer_norm_bwd(x2d, weight, dy.reshape(x2d.shape), mean, rstd)
-        return dx.view(ctx.x_shape), dw, db, None, None
+        dx, dwb = _norm_bwd(x2d, weight, dy.reshape(x2d.shape), mean, rstd)
+        return dx.view(ctx.x_shape), dwb[0], dwb[1], None, None
 
 
 def layer_norm(x: torch.Tensor,

@@ -9,13 +9,13 @@ zero), and the main pass folds its predecessors' summaries into its start state.
 ``s_t = C_t dy_t + a_{t+1} s_{t+1}`` as a reverse scan the same way, recomputing ``h`` from the chunk-start states
 the forward saved. Derivation in kernels/README.md.
 """
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from .utils import input_guard, next_power_of_2
+from .utils import eager_or_custom_op, input_guard, next_power_of_2, sm_count
+
 
 @triton.jit
 def _scan_combine(a1, b1, a2, b2):
@@ -416,17 +416,11 @@ def scan_config(length: int, d_state: int) -> dict[str, int]:
                 block_d_bwd=max(1, min(16, TUNING['tile_bwd'] // (block_n * block_t))))
 
 
-@functools.lru_cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def default_seg_chunks(row_programs: int, n_chunks: int, device: torch.device) -> int:
     """Chunks per segment: split L only when the row blocks alone leave the GPU short of programs."""
     if device.type != 'cuda':
         return n_chunks
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    target = TUNING['programs_per_sm'] * _sm_count(index)
+    target = TUNING['programs_per_sm'] * sm_count(device)
     n_seg = max(1, min(n_chunks, target // max(row_programs, 1)))
     return triton.cdiv(n_chunks, n_seg)
 
@@ -467,7 +461,10 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t:
 
 
 def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool, block_t: int, seg_chunks: int,
-                batch: int, dim: int, length: int, hw: tuple[int, int] | None) -> tuple[torch.Tensor, ...]:
+                batch: int, dim: int, length: int, hw: tuple[int, int] | None,
+                grad_bc_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, ...]:
+    # grad_bc_dtype: dtype of the returned dB, dC (default: B's, C's); fp32 skips a cast when the caller converts them
+    # again anyway (the fused backward's layout change casts on its way).
     groups, d_state = B.shape[1], A.shape[1]
     cfg = scan_config(length, d_state)
     block_d = cfg['block_d_bwd']
@@ -505,7 +502,8 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
             t.zero_()
     dD = dD.sum(0).to(D.dtype) if D is not None else dD.new_zeros(groups * dim)
     ddb = ddb.sum(0).to(delta_bias.dtype) if delta_bias is not None else ddb.new_zeros(groups * dim)
-    return (du.to(u.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(2).to(B.dtype), dC.sum(2).to(C.dtype), dD, ddb)
+    return (du.to(u.dtype), ddelta, dA.sum(0).to(A.dtype), dB.sum(2).to(grad_bc_dtype or B.dtype),
+            dC.sum(2).to(grad_bc_dtype or C.dtype), dD, ddb)
 
 
 @input_guard
@@ -559,22 +557,23 @@ def _(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t, seg_c
             u.new_empty(rows, **(f32 if delta_bias is None else dict(dtype=delta_bias.dtype))))
 
 
+_scan_fwd = eager_or_custom_op('selective_scan_fwd', _selective_scan_fwd)
+_scan_bwd = eager_or_custom_op('selective_scan_bwd', _selective_scan_bwd)
+
+
 class SelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type='cuda')
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
-        out, hs = torch.ops.mmvmamba.selective_scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, block_t,
-                                                         seg_chunks)
+        out, hs = _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, hs)
         ctx.delta_softplus, ctx.block_t, ctx.seg_chunks = delta_softplus, block_t, seg_chunks
         return out
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type='cuda')
     def backward(ctx, dout):
         u, delta, A, B, C, D, delta_bias, hs = ctx.saved_tensors
-        du, ddelta, dA, dB, dC, dD, ddb = torch.ops.mmvmamba.selective_scan_bwd(
+        du, ddelta, dA, dB, dC, dD, ddb = _scan_bwd(
             u, delta, A, B, C, D, delta_bias, dout, hs, ctx.delta_softplus, ctx.block_t, ctx.seg_chunks)
         return (du, ddelta, dA, dB, dC, dD if D is not None else None, ddb if delta_bias is not None else None,
                 None, None, None)

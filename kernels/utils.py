@@ -27,6 +27,35 @@ def input_guard(fn: Callable) -> Callable:
     return wrapper
 
 
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 for other devices: the interpreter's stand-in)."""
+    if device.type != 'cuda':
+        return 4
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def eager_or_custom_op(op_name: str, launcher: Callable) -> Callable:
+    """Call ``launcher`` directly in eager mode and ``torch.ops.mmvmamba.<op_name>`` while Dynamo traces.
+
+    Inside ``torch.compile`` the custom op is what keeps the Triton launcher opaque (its fake kernel gives the
+    shapes); in eager mode its Python dispatch costs more host time than the launch it wraps, and a training step
+    of the small models is bound by host time (docs/benchmarks.md).
+    """
+
+    def call(*args):
+        if torch.compiler.is_compiling():
+            return getattr(torch.ops.mmvmamba, op_name)(*args)
+        return launcher(*args)
+
+    call.__name__ = f'{op_name}_dispatch'
+    return call
+
+
 def check_tensor(name: str,
                  t: torch.Tensor,
                  shape: Sequence[int | None],
@@ -71,13 +100,17 @@ def check_selective_scan_args(u, delta, A, B, C, D, delta_bias) -> None:
         check_tensor('delta_bias', delta_bias, (rows, ), device=u.device)
 
 
-def check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias) -> None:
+def check_cross_selective_scan_args(x, delta, A, B, C, D, delta_bias, delta_proj_weight=None) -> None:
     """Raise TypeError/ValueError unless the arguments fit :func:`cross_selective_scan_ref`'s shapes and dtypes."""
     check_tensor('x', x, (None, None, None, None))
     batch, dim, height, width = x.shape
     check_tensor('A', A, (4 * dim, None), device=x.device)
     d_state = A.shape[1]
-    check_tensor('delta', delta, (batch, 4, dim, height, width), device=x.device)
+    if delta_proj_weight is None:
+        check_tensor('delta', delta, (batch, 4, dim, height, width), device=x.device)
+    else:
+        check_tensor('delta_proj_weight', delta_proj_weight, (4, dim, None), device=x.device)
+        check_tensor('delta', delta, (batch, 4, delta_proj_weight.shape[2], height, width), device=x.device)
     check_tensor('B', B, (batch, 4, d_state, height, width), device=x.device)
     check_tensor('C', C, (batch, 4, d_state, height, width), device=x.device)
     if D is not None:

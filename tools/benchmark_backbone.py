@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -120,16 +121,30 @@ def profile(name: str, dtype: torch.dtype, mode: str, rows: int = 25) -> None:
     for _ in range(3):
         step()
     torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    # Host time to issue one step (the GPU idles whenever this exceeds the kernels' time).
+    host_ms = []
+    for _ in range(5):
+        start = time.perf_counter()
+        step()
+        host_ms.append(1e3 * (time.perf_counter() - start))
+        torch.cuda.synchronize()
+    step_ms = time_ms(step, 0, 5)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         step()
         torch.cuda.synchronize()
-    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    averages = prof.key_averages()
+    events = [e for e in averages if e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
-    print(f'== profile {name} {mode} {dtype}: {total / 1e3:.2f} ms of GPU kernels, {launches} launches')
+    print(f'== profile {name} {mode} {dtype}: step {step_ms:.2f} ms, host issue {statistics.median(host_ms):.2f} ms, '
+          f'{total / 1e3:.2f} ms of GPU kernels in {launches} launches')
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
         print(f'{e.self_device_time_total / 1e3:8.3f} ms {100 * e.self_device_time_total / total:5.1f}% '
               f'{e.count:5d}x  {e.key[:110]}')
+    print('-- host: operators by self CPU time')
+    for e in sorted(averages, key=lambda e: -e.self_cpu_time_total)[:rows // 2]:
+        print(f'{e.self_cpu_time_total / 1e3:8.3f} ms {e.count:5d}x  {e.key[:110]}')
 
 
 def stability(steps: int) -> dict:

@@ -90,6 +90,10 @@ def test_opcheck_custom_ops():
                           args[:7] + (torch.randn_like(out), hs) + args[7:])
     torch.library.opcheck(torch.ops.mmvmamba.selective_scan_fwd.default,
                           args[:5] + (None, None) + args[7:])
+    x2d, weight, bias = torch.randn(6, 5, device=DEVICE), torch.randn(5, device=DEVICE), torch.randn(5, device=DEVICE)
+    torch.library.opcheck(torch.ops.mmvmamba.layer_norm_fwd.default, (x2d, weight, bias, 1e-5, torch.bfloat16))
+    _, mean, rstd = torch.ops.mmvmamba.layer_norm_fwd(x2d, weight, bias, 1e-5, torch.bfloat16)
+    torch.library.opcheck(torch.ops.mmvmamba.layer_norm_bwd.default, (x2d, weight, torch.randn_like(x2d), mean, rstd))
 
 
 def test_compile_fullgraph_through_the_custom_ops():
@@ -103,3 +107,32 @@ def test_compile_fullgraph_through_the_custom_ops():
     out.sum().backward()
     torch.testing.assert_close(out, _unfused(*args))
     assert x.grad is not None and args[2].grad is not None
+
+
+def test_compiled_graphs_hold_the_custom_ops_and_eager_calls_skip_them(monkeypatch):
+    """Under torch.compile the kernels are the opaque custom ops; in eager mode the launchers run without them."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    seen = set()
+
+    def record(graph_module, example_inputs):
+        seen.update(str(node.target) for node in graph_module.graph.nodes if node.op == 'call_function')
+        return make_boxed_func(graph_module.forward)
+
+    batch, dim, height, width, d_state = 1, 3, 5, 7, 1
+    s = make_inputs(batch, 4, dim, height * width, d_state)
+    x = torch.randn(batch, dim, height, width, device=DEVICE, requires_grad=True)
+    args = (x, s['delta'], s['A'], s['B'], s['C'], s['D'], s['delta_bias'])
+    torch._dynamo.reset()
+    compiled = torch.compile(_unfused, fullgraph=True, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    compiled(*args).sum().backward()
+    for op in ('cross_scan', 'selective_scan_fwd', 'selective_scan_bwd', 'cross_merge'):
+        assert f'mmvmamba.{op}.default' in seen, (op, sorted(seen))
+
+    def fail(*args, **kwargs):
+        raise AssertionError('the eager path went through the custom op')
+
+    monkeypatch.setattr(torch.ops.mmvmamba, 'selective_scan_fwd', fail)
+    monkeypatch.setattr(torch.ops.mmvmamba, 'cross_scan', fail)
+    _unfused(*args).sum().backward()

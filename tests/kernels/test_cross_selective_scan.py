@@ -52,12 +52,37 @@ def test_cross_selective_scan(batch, dim, height, width, d_state, dtype):
                       inputs, dtype)
 
 
+@pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize('route', ['spatial', 'sequence'])
+def test_cross_selective_scan_low_rank_delta(route, dtype, monkeypatch):
+    """delta_proj_weight: the step sizes formed inside from the low-rank dt (forward and again in the backward)."""
+    if route == 'sequence':
+        monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    batch, dim, height, width, rank = 2, 5, 6, 7, 3
+    inputs = make_spatial_inputs(batch, dim, height, width, 1)
+    inputs['delta'] = torch.randn(batch, 4, rank, height, width, device=DEVICE)
+    inputs['delta_proj_weight'] = 0.3 * torch.randn(4, dim, rank, device=DEVICE)
+    inputs['delta_bias'] = inputs['delta_bias'] - 1.0
+    check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
+                      inputs, dtype)
+
+
+def test_low_rank_delta_shape_errors():
+    inputs = make_spatial_inputs(1, 3, 4, 5, 1)
+    weight = torch.randn(4, 3, 2, device=DEVICE)
+    with pytest.raises(ValueError, match='delta has shape'):
+        mk.cross_selective_scan(**inputs, delta_proj_weight=weight)  # full-size delta given with a weight
+    inputs['delta'] = torch.randn(1, 4, 2, 4, 5, device=DEVICE)
+    with pytest.raises(ValueError, match='delta_proj_weight has shape'):
+        mk.cross_selective_scan(**inputs, delta_proj_weight=torch.randn(4, 5, 2, device=DEVICE))
+
+
 @pytest.mark.parametrize('seg_chunks', [1, 2], ids=lambda s: f'seg{s}')
 def test_cross_selective_scan_split_along_L(seg_chunks):
     inputs = make_spatial_inputs(2, 3, 9, 7, 1)   # L = 63: 4 chunks of 16 steps
 
     def fn(x, delta, A, B, C, D, delta_bias):
-        return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, True, 16, seg_chunks)
+        return CrossSelectiveScanFunction.apply(x, delta, A, B, C, D, delta_bias, True, 16, seg_chunks, None)
 
     check_against_ref(fn, mk.cross_selective_scan_ref, inputs, torch.float32)
 

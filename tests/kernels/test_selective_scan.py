@@ -30,6 +30,9 @@ def make_inputs(batch: int, groups: int, dim: int, length: int, d_state: int, de
     )
 
 
+PARAMS = ('A', 'D', 'delta_bias', 'delta_proj_weight')  # fp32 parameters in VMamba, whatever the activations' dtype
+
+
 def run_and_grad(fn, inputs: dict, dtype: torch.dtype, grad: torch.Tensor, params_fp32: bool = True):
     """Cast u, delta, B, C to ``dtype`` (A, D, delta_bias stay fp32, as in VMamba), run ``fn`` and backprop ``grad``."""
     leaves = {}
@@ -37,7 +40,7 @@ def run_and_grad(fn, inputs: dict, dtype: torch.dtype, grad: torch.Tensor, param
         if t is None:
             leaves[name] = None
             continue
-        cast = t if (params_fp32 and name in ('A', 'D', 'delta_bias')) else t.to(dtype)
+        cast = t if (params_fp32 and name in PARAMS) else t.to(dtype)
         leaves[name] = cast.detach().clone().requires_grad_()
     out = fn(**leaves)
     (out * grad).sum().backward()
@@ -56,7 +59,7 @@ def check_against_ref(fn, ref_fn, inputs: dict, dtype: torch.dtype) -> None:
         if grads_ref[name] is None:
             assert grads[name] is None
             continue
-        assert grads[name].dtype == (inputs[name].dtype if name in ('A', 'D', 'delta_bias') else dtype), name
+        assert grads[name].dtype == (inputs[name].dtype if name in PARAMS else dtype), name
         assert_close(f'd{name}', grads[name], grads_ref[name], grads_lp.get(name), dtype)
 
 

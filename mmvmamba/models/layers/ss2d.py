@@ -103,9 +103,8 @@ class SS2D(nn.Module):
 
         x_proj and dt_proj are 1x1 projections, so they commute with the scan orders: they are applied in the
         spatial layout, and the fused scan reads every direction's values through its index map (on the GPU the
-        ``[B, 4, D, L]`` cross-scanned copies are never built). The fused scan reads dense ``[B, D, H, W]`` and
-        ``[B, 4, D, H, W]`` tensors, so the projections are matmuls that produce those layouts directly (the
-        step sizes are four times the size of x: copying them would cost more than copying x once).
+        ``[B, 4, D, L]`` cross-scanned copies are never built). x_proj is a matmul that produces the dense
+        ``[B, 4, R + 2N, H, W]`` layout the scan reads; dt_proj is applied inside the scan op.
         """
         height, width = x.shape[2:]
         k, rank, d_state = NUM_DIRECTIONS, self.dt_rank, self.d_state
@@ -113,14 +112,16 @@ class SS2D(nn.Module):
         x_dbl = torch.matmul(self.x_proj_weight.flatten(0, 1), x.flatten(2))       # [B, 4 * (R + 2N), L]
         x_dbl = x_dbl.unflatten(1, (k, rank + 2 * d_state))
         dt, B, C = torch.split(x_dbl, [rank, d_state, d_state], dim=2)           # [B, 4, *, L]
-        delta = torch.matmul(self.dt_projs_weight, dt)                            # [B, 4, D, L]
         spatial = (height, width)
+        # dt_proj is handed to the scan, which forms the step sizes ([B, 4, D, L], four times x) itself and keeps
+        # only the low-rank dt for the backward.
         return cross_selective_scan(
             x,
-            delta.unflatten(-1, spatial),
+            dt.unflatten(-1, spatial),
             -torch.exp(self.A_logs.float()),
             B.unflatten(-1, spatial),
             C.unflatten(-1, spatial),
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.float().flatten(),
-            delta_softplus=True)
+            delta_softplus=True,
+            delta_proj_weight=self.dt_projs_weight)
