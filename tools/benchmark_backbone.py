@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.autograd import DeviceType
 
 from mmvmamba import VMamba
 
@@ -74,7 +75,46 @@ def time_ms(step, warmup: int, iters: int) -> float:
     return statistics.median(times)
 
 
-def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_model: bool) -> list[dict]:
+def host_issue_ms(step, iters: int = 5) -> float:
+    """Median host time to issue one step from an idle GPU (the GPU waits whenever this exceeds the kernels' time)."""
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        times.append(1e3 * (time.perf_counter() - start))
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def graph_ms(step, iters: int) -> float:
+    """Milliseconds of ``step`` replayed from a CUDA graph: its GPU time without the host's launch overhead."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return time_ms(graph.replay, 3, iters)
+
+
+def make_step(runner, x: torch.Tensor, mode: str, dtype: torch.dtype, autocast_cache: bool = True):
+    def step():
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32, cache_enabled=autocast_cache):
+            if mode == 'infer':
+                with torch.no_grad():
+                    runner(x)
+            else:
+                loss_of(runner(x)).backward()
+
+    return step
+
+
+def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_model: bool,
+            cuda_graph: bool = False) -> list[dict]:
     case = CASES[name]
     model = build(case)
     runner = torch.compile(model) if compile_model else model
@@ -86,19 +126,15 @@ def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_mode
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-
-        def step():
-            with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-                if mode == 'infer':
-                    with torch.no_grad():
-                        runner(x)
-                else:
-                    loss_of(runner(x)).backward()
-
+        step = make_step(runner, x, mode, dtype)
         ms = time_ms(step, warmup, iters)
         rows.append(dict(case=name, mode=mode, dtype=str(dtype).removeprefix('torch.'), compiled=compile_model,
                          shape=list(case['shape']), ms=round(ms, 3), img_per_s=round(batch * 1000 / ms, 1),
-                         peak_mib=round(torch.cuda.max_memory_allocated() / 2**20)))
+                         peak_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+                         host_issue_ms=round(host_issue_ms(step), 3)))
+        if cuda_graph and not compile_model:
+            # autocast's weight-cast cache cannot outlive a capture (torch.cuda.make_graphed_callables' rule)
+            rows[-1]['cuda_graph_ms'] = round(graph_ms(make_step(model, x, mode, dtype, False), iters), 3)
         print(json.dumps(rows[-1]), flush=True)
     del model, runner
     return rows
@@ -109,35 +145,21 @@ def profile(name: str, dtype: torch.dtype, mode: str, rows: int = 25) -> None:
     case = CASES[name]
     model = build(case).train(mode == 'train')
     x = torch.randn(case['shape'], device='cuda')
-
-    def step():
-        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
-            if mode == 'infer':
-                with torch.no_grad():
-                    model(x)
-            else:
-                loss_of(model(x)).backward()
-
+    step = make_step(model, x, mode, dtype)
     for _ in range(3):
         step()
-    torch.cuda.synchronize()
-    # Host time to issue one step (the GPU idles whenever this exceeds the kernels' time).
-    host_ms = []
-    for _ in range(5):
-        start = time.perf_counter()
-        step()
-        host_ms.append(1e3 * (time.perf_counter() - start))
-        torch.cuda.synchronize()
+    host_ms = host_issue_ms(step)
     step_ms = time_ms(step, 0, 5)
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=activities) as prof:
         step()
         torch.cuda.synchronize()
     averages = prof.key_averages()
-    events = [e for e in averages if e.self_device_time_total > 0]
+    # kernels only: the operators that launched them carry the same device time again
+    events = [e for e in averages if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
     launches = sum(e.count for e in events)
-    print(f'== profile {name} {mode} {dtype}: step {step_ms:.2f} ms, host issue {statistics.median(host_ms):.2f} ms, '
+    print(f'== profile {name} {mode} {dtype}: step {step_ms:.2f} ms, host issue {host_ms:.2f} ms, '
           f'{total / 1e3:.2f} ms of GPU kernels in {launches} launches')
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[:rows]:
         print(f'{e.self_device_time_total / 1e3:8.3f} ms {100 * e.self_device_time_total / total:5.1f}% '
@@ -189,6 +211,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=10)
     parser.add_argument('--iters', type=int, default=30)
     parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
+    parser.add_argument('--cuda-graph', action='store_true',
+                        help='also time each step replayed from a CUDA graph (its GPU time without host overhead)')
     parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
     parser.add_argument('--profile', choices=['infer', 'train'], help='print a kernel profile of each case instead')
     parser.add_argument('--out', type=Path, help='write the rows as JSON here')
@@ -214,7 +238,7 @@ def main() -> None:
     else:
         rows = [row for name in args.cases for dtype in args.dtype for compiled in ([False, True] if args.compile
                                                                                      else [False])
-                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled)]
+                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled, args.cuda_graph)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(settings=info, rows=rows), indent=1))
