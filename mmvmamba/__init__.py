@@ -1,12 +1,12 @@
 """mmvmamba: VMamba backbones for OpenMMLab detection (mmdet) and segmentation (mmseg).
 
 Importing the package (``custom_imports=dict(imports=['mmvmamba'])`` in a config) registers ``mmvmamba.VMamba``,
-the official ``MM_VSSM`` alias, the engine parts (``mmvmamba.VMambaCheckHook``,
+the official ``MM_VSSM`` alias, the engine parts (``mmvmamba.VMambaCheckHook``, ``mmvmamba.LossRecordHook``,
 ``mmvmamba.VMambaLayerDecayOptimWrapperConstructor``), and allows the types that VMamba and mmengine
 checkpoints pickle in ``torch.load(weights_only=True)`` (see :mod:`mmvmamba.checkpoint.safe_load`).
 """
 from .checkpoint import register_checkpoint_safe_globals
-from .engine import VMambaCheckHook, VMambaLayerDecayOptimWrapperConstructor
+from .engine import LossRecordHook, VMambaCheckHook, VMambaLayerDecayOptimWrapperConstructor
 from .models import VMamba
 from .version import __version__
 
@@ -14,4 +14,4 @@ from .version import __version__
 # the checkpoints mmengine writes without anyone turning weights_only off.
 register_checkpoint_safe_globals()
 
-__all__ = ['VMamba', 'VMambaCheckHook', 'VMambaLayerDecayOptimWrapperConstructor', '__version__']
+__all__ = ['VMamba', 'LossRecordHook', 'VMambaCheckHook', 'VMambaLayerDecayOptimWrapperConstructor', '__version__']

@@ -1,3 +1,4 @@
 from .check_hook import VMambaCheckHook
+from .loss_record_hook import LossRecordHook
 
-__all__ = ['VMambaCheckHook']
+__all__ = ['LossRecordHook', 'VMambaCheckHook']
