@@ -120,6 +120,11 @@ def set_max_iters(cfg: Config, max_iters: int) -> None:
         for key in ('begin', 'end'):
             if key in scheduler:
                 scheduler[key] = max(0, round(scheduler[key] * scale)) if scheduler[key] < old else max_iters
+        # A short run can round a warm-up to nothing; mmengine refuses a scheduler whose end is not after its begin.
+        if 'begin' in scheduler:
+            scheduler['begin'] = min(scheduler['begin'], max_iters - 1)
+        if 'end' in scheduler:
+            scheduler['end'] = max(scheduler['end'], scheduler.get('begin', 0) + 1)
         if 'T_max' in scheduler:
             scheduler['T_max'] = scheduler.get('end', max_iters) - scheduler.get('begin', 0)
     checkpoint = cfg.get('default_hooks', {}).get('checkpoint')

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from mmengine.config import Config
 
 from mmvmamba.engine.config_utils import (check_data_paths, enable_visualization, set_data_root, set_max_iters,
@@ -27,6 +28,20 @@ def test_set_max_iters_scales_the_schedule():
     assert (warmup.begin, warmup.end) == (0, 10)
     assert (cosine.begin, cosine.end, cosine.T_max) == (10, 100, 90)
     assert cfg.default_hooks.checkpoint.interval == 100
+
+
+@pytest.mark.parametrize('max_iters', [1, 2, 3])
+def test_set_max_iters_keeps_every_scheduler_non_empty(max_iters):
+    """A few iterations round the warm-up to zero length; mmengine refuses a scheduler whose end is not after begin."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    cfg = Config.fromfile(DEMO_SEG)  # 300 iterations: warm-up to 30, poly 30 -> 300
+    set_max_iters(cfg, max_iters)
+    optimizer = build_optim_wrapper(torch.nn.Linear(2, 2), dict(optimizer=dict(type='SGD', lr=0.1))).optimizer
+    for scheduler in cfg.param_scheduler:
+        assert 0 <= scheduler.begin < scheduler.end <= max_iters, scheduler
+        PARAM_SCHEDULERS.build(dict(scheduler, optimizer=optimizer))
 
 
 def test_set_data_root_and_check_data_paths(tmp_path):
