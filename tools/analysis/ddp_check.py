@@ -262,8 +262,8 @@ def compare_losses(single: dict[int, dict], ddp: dict[int, dict], iters: int, rt
 
 
 def load_state_dict(path: Path) -> dict:
-    # A checkpoint this tool's runs have just written: trusted, and loaded whatever mmengine pickled in it.
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    # weights_only works on mmengine's checkpoints: importing mmvmamba registered the types they pickle.
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     return checkpoint.get('state_dict', checkpoint)
 
 
