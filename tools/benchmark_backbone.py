@@ -40,17 +40,18 @@ class Classifier(nn.Module):
     The backbone's ``outnorm3`` plays the official ``classifier.norm`` (a LayerNorm over the last stage's channels).
     """
 
-    def __init__(self, arch: str, num_classes: int = 1000):
+    def __init__(self, arch: str, num_classes: int = 1000, cuda_graph: bool = False):
         super().__init__()
-        self.backbone = VMamba(arch=arch, out_indices=(3, ))
+        self.backbone = VMamba(arch=arch, out_indices=(3, ), cuda_graph=cuda_graph)
         self.head = nn.Linear(self.backbone.dims[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)[0].mean((2, 3)))
 
 
-def build(case: dict) -> nn.Module:
-    model = Classifier(case['arch']) if case['classifier'] else VMamba(arch=case['arch'])
+def build(case: dict, cuda_graph: bool = False) -> nn.Module:
+    model = Classifier(case['arch'], cuda_graph=cuda_graph) if case['classifier'] else VMamba(
+        arch=case['arch'], cuda_graph=cuda_graph)
     return model.cuda()
 
 
@@ -114,9 +115,9 @@ def make_step(runner, x: torch.Tensor, mode: str, dtype: torch.dtype, autocast_c
 
 
 def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_model: bool,
-            cuda_graph: bool = False) -> list[dict]:
+            cuda_graph: bool = False, graphed_backbone: bool = False) -> list[dict]:
     case = CASES[name]
-    model = build(case)
+    model = build(case, cuda_graph=graphed_backbone)
     runner = torch.compile(model) if compile_model else model
     x = torch.randn(case['shape'], device='cuda')
     batch = case['shape'][0]
@@ -129,10 +130,11 @@ def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_mode
         step = make_step(runner, x, mode, dtype)
         ms = time_ms(step, warmup, iters)
         rows.append(dict(case=name, mode=mode, dtype=str(dtype).removeprefix('torch.'), compiled=compile_model,
+                         graphed_backbone=graphed_backbone,
                          shape=list(case['shape']), ms=round(ms, 3), img_per_s=round(batch * 1000 / ms, 1),
                          peak_mib=round(torch.cuda.max_memory_allocated() / 2**20),
                          host_issue_ms=round(host_issue_ms(step), 3)))
-        if cuda_graph and not compile_model:
+        if cuda_graph and not compile_model and not graphed_backbone:
             # autocast's weight-cast cache cannot outlive a capture (torch.cuda.make_graphed_callables' rule)
             rows[-1]['cuda_graph_ms'] = round(graph_ms(make_step(model, x, mode, dtype, False), iters), 3)
         print(json.dumps(rows[-1]), flush=True)
@@ -213,6 +215,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
     parser.add_argument('--cuda-graph', action='store_true',
                         help='also time each step replayed from a CUDA graph (its GPU time without host overhead)')
+    parser.add_argument('--graphed-backbone', action='store_true',
+                        help='also time the backbone built with cuda_graph=True (replays after the warm-up)')
     parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
     parser.add_argument('--profile', choices=['infer', 'train'], help='print a kernel profile of each case instead')
     parser.add_argument('--out', type=Path, help='write the rows as JSON here')
@@ -236,9 +240,9 @@ def main() -> None:
     if args.stability_steps:
         rows = [stability(args.stability_steps)]
     else:
-        rows = [row for name in args.cases for dtype in args.dtype for compiled in ([False, True] if args.compile
-                                                                                     else [False])
-                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled, args.cuda_graph)]
+        variants = [(False, False)] + [(True, False)] * args.compile + [(False, True)] * args.graphed_backbone
+        rows = [row for name in args.cases for dtype in args.dtype for compiled, graphed in variants
+                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled, args.cuda_graph, graphed)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(settings=info, rows=rows), indent=1))

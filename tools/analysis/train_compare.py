@@ -33,6 +33,8 @@ CONFIGS = {
         'swin-t': 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py',
     },
 }
+# Variants of a configured model: (model of CONFIGS, backbone settings to change).
+VARIANTS = {'vmamba-t-graph': ('vmamba-t', dict(cuda_graph=True))}
 DET_CLASSES = ('square', 'circle', 'triangle')
 SEG_CLASSES = ('background', 'square', 'circle', 'triangle')
 
@@ -118,7 +120,9 @@ def train_one(name: str, cfg: Config, warmup: int) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--task', choices=sorted(CONFIGS), required=True)
-    parser.add_argument('--models', nargs='+', default=['vmamba-t', 'swin-t'])
+    parser.add_argument('--models', nargs='+', default=['vmamba-t', 'swin-t'],
+                        choices=['vmamba-t', 'swin-t', *VARIANTS],
+                        help='vmamba-t-graph: the VMamba config with the backbone's cuda_graph=True')
     parser.add_argument('--iters', type=int, default=300)
     parser.add_argument('--warmup-iters', type=int, default=30, help='left out of the median time. Default: 30')
     parser.add_argument('--batch', type=int, default=2, help='images per iteration. Default: 2')
@@ -133,8 +137,10 @@ def main() -> None:
     generate_shapes_dataset(args.data_root)
     rows = []
     for name in args.models:
-        cfg = adapt(load_config(CONFIGS[args.task][name]), args.task, args.data_root, args.iters, args.amp,
+        base, backbone_settings = VARIANTS.get(name, (name, {}))
+        cfg = adapt(load_config(CONFIGS[args.task][base]), args.task, args.data_root, args.iters, args.amp,
                     args.batch, args.out_dir / args.task / name)
+        cfg.model.backbone.update(backbone_settings)
         cfg.visualizer.name = f'train_compare_{args.task}_{name}'
         rows.append(train_one(name, cfg, args.warmup_iters))
         print(json.dumps(rows[-1]), flush=True)

@@ -17,6 +17,7 @@ from mmvmamba.registry import MODELS
 from ..layers.embed import PatchMerging2D, conv_downsample, overlap_stem, patch_stem
 from ..layers.layout import norm_layer
 from ..layers.vss_block import VSSBlock
+from .cuda_graph import CudaGraphCache
 from .vmamba_arch import resolve_arch
 
 
@@ -52,6 +53,9 @@ class VMamba(BaseModule):
         frozen_stages: Freeze the stem (0) and stages up to this index + 1 (parameters and train mode);
             -1 freezes nothing. Default: -1.
         with_cp: Gradient checkpointing of every block. Default: False.
+        cuda_graph: Replay the forward and backward of input shapes that repeat from CUDA graphs (see
+            :mod:`.cuda_graph`): for fixed-size inputs such as segmentation crops, where the eager step waits on the
+            host. A shape is captured on its third call; call backward once per training forward. Default: False.
         dt_rank: Rank of SS2D's step projection; None gives ``ceil(C / 16)`` per stage. Default: None.
         conv_size: Kernel of SS2D's depthwise convolution. Default: 3.
         ssm_dropout: Dropout after SS2D's out_proj. Default: 0.
@@ -71,6 +75,7 @@ class VMamba(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 cuda_graph: bool = False,
                  dt_rank: int | None = None,
                  conv_size: int = 3,
                  ssm_dropout: float = 0.0,
@@ -127,6 +132,10 @@ class VMamba(BaseModule):
 
         self.apply(_init_linear_and_norm)
         self._freeze_stages()
+        if cuda_graph and with_cp:
+            raise ValueError('cuda_graph and with_cp cannot be combined: checkpointing recomputes the forward '
+                             'inside the backward, which a captured backward cannot do')
+        self.cuda_graphs = CudaGraphCache() if cuda_graph else None
 
     @property
     def with_cp(self) -> bool:
@@ -135,6 +144,11 @@ class VMamba(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[B, in_channels, H, W]`` images -> tuple of ``[B, C_i, H_i, W_i]`` maps for ``i in out_indices``."""
         self._check_input(x)
+        if self.cuda_graphs is not None:
+            return self.cuda_graphs(self, self._forward_features, x)
+        return self._forward_features(x)
+
+    def _forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # Channel-first models keep their [B, C, H, W] maps stored channels-last from the stem's first norm on
         # (LayerNorm2d writes that layout, and the convolutions keep it), so LayerNorm2d and Linear2d work on
         # contiguous channel rows. The image itself stays NCHW: a 3-channel channels-last convolution is slow.
@@ -171,6 +185,12 @@ class VMamba(BaseModule):
             module.eval()
             for param in module.parameters():
                 param.requires_grad = False
+
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the parameters gives them new storage, which the captured graphs do not read.
+        if getattr(self, 'cuda_graphs', None) is not None:
+            self.cuda_graphs.clear()
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True) -> 'VMamba':
         super().train(mode)

@@ -1,0 +1,122 @@
+"""VMamba(cuda_graph=True): replays equal the eager backbone; the cache's rules (capture, limits, copies)."""
+import copy
+import pickle
+
+import pytest
+import torch
+
+from mmvmamba import VMamba
+from mmvmamba.models.backbones.cuda_graph import CudaGraphCache
+
+SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+
+
+def _pair(device='cpu', drop_path_rate=0.0, **cache_kwargs):
+    eager = VMamba(**SMALL, drop_path_rate=drop_path_rate).to(device)
+    graphed = VMamba(**SMALL, drop_path_rate=drop_path_rate, cuda_graph=True).to(device)
+    graphed.load_state_dict(eager.state_dict(), strict=True)
+    if cache_kwargs:
+        graphed.cuda_graphs = CudaGraphCache(**cache_kwargs)
+    return eager, graphed
+
+
+def _loss(outs):
+    return sum((o.float() * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum() for o in outs)
+
+
+def test_cpu_inputs_run_eagerly():
+    eager, graphed = _pair()
+    x = torch.randn(2, 3, 64, 48)
+    for model in (eager, graphed):
+        model.train()
+    torch.manual_seed(0)
+    ref = eager(x)
+    torch.manual_seed(0)
+    out = graphed(x)
+    assert all(torch.equal(a, b) for a, b in zip(ref, out))
+    assert graphed.cuda_graphs.graphs == {} and graphed.cuda_graphs.seen == {}
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match='cuda_graph and with_cp'):
+        VMamba(**SMALL, cuda_graph=True, with_cp=True)
+    with pytest.raises(ValueError, match='capture_after'):
+        CudaGraphCache(max_graphs=0)
+
+
+def test_copies_start_without_graphs():
+    _, graphed = _pair()
+    graphed.cuda_graphs.seen[('some', 'key')] = 5
+    clone = copy.deepcopy(graphed)
+    assert clone.cuda_graphs is not graphed.cuda_graphs and clone.cuda_graphs.seen == {}
+    restored = pickle.loads(pickle.dumps(graphed.cuda_graphs))
+    assert restored.seen == {} and restored.max_graphs == graphed.cuda_graphs.max_graphs
+
+
+def _train_steps(model, batches, dtype, accumulate=1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for i, x in enumerate(batches):
+        with torch.autocast('cuda', dtype=dtype):
+            loss = _loss(model(x))
+        loss.backward()
+        losses.append(loss.item())
+        if (i + 1) % accumulate == 0:
+            optimizer.step()
+            optimizer.zero_grad()
+    return losses
+
+
+@needs_cuda
+@pytest.mark.parametrize('accumulate', [1, 2], ids=['step', 'accumulate2'])
+def test_training_replays_match_eager(accumulate):
+    """Six steps: two eager, one capture, three replays; weights change in between (the graph must see them)."""
+    eager, graphed = _pair('cuda')
+    eager.train(), graphed.train()
+    torch.manual_seed(0)
+    batches = [torch.randn(2, 3, 64, 96, device='cuda') for _ in range(6)]
+    ref = _train_steps(eager, batches, torch.bfloat16, accumulate)
+    out = _train_steps(graphed, batches, torch.bfloat16, accumulate)
+    assert len(graphed.cuda_graphs.graphs) == 1
+    torch.testing.assert_close(torch.tensor(out), torch.tensor(ref), rtol=1e-3, atol=1e-3)
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@needs_cuda
+def test_inference_replays_return_fresh_tensors():
+    eager, graphed = _pair('cuda')
+    eager.eval(), graphed.eval()
+    xs = [torch.randn(1, 3, 64, 64, device='cuda') for _ in range(5)]
+    with torch.no_grad():
+        outs = [graphed(x) for x in xs]
+        refs = [eager(x) for x in xs]
+    assert len(graphed.cuda_graphs.graphs) == 1
+    for out, ref in zip(outs, refs):  # earlier results are not overwritten by later replays
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_cuda
+def test_second_forward_before_backward_runs_eagerly():
+    eager, graphed = _pair('cuda', capture_after=0)
+    eager.train(), graphed.train()
+    x1, x2 = torch.randn(2, 2, 3, 64, 64, device='cuda')
+    for model in (eager, graphed):
+        (_loss(model(x1)) + 2 * _loss(model(x2))).backward()
+    assert graphed.cuda_graphs.pending is None
+    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@needs_cuda
+def test_new_shapes_past_the_limit_and_moves():
+    _, graphed = _pair('cuda', capture_after=0, max_graphs=1)
+    graphed.eval()
+    with torch.no_grad():
+        graphed(torch.randn(1, 3, 32, 32, device='cuda'))
+        graphed(torch.randn(1, 3, 64, 32, device='cuda'))
+    assert len(graphed.cuda_graphs.graphs) == 1
+    graphed.double()
+    assert graphed.cuda_graphs.graphs == {}
