@@ -22,7 +22,14 @@ def _pair(device='cpu', drop_path_rate=0.0, **cache_kwargs):
 
 
 def _loss(outs):
-    return sum((o.float() * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).sum() for o in outs)
+    return sum((o.float() * torch.linspace(-1, 1, o.numel(), device=o.device).view_as(o)).mean() for o in outs)
+
+
+def _assert_close(actual, expected, tol, what):
+    """Max |actual - expected| within ``tol`` of max |expected| (atomics make the scan's sums order-dependent)."""
+    err = (actual.float() - expected.float()).abs().max().item()
+    scale = expected.float().abs().max().item()
+    assert torch.isfinite(actual).all() and err <= tol * scale + 1e-7, f'{what}: {err:.3g} against {scale:.3g}'
 
 
 def test_cpu_inputs_run_eagerly():
@@ -74,14 +81,15 @@ def test_training_replays_match_eager(accumulate):
     """Six steps: two eager, one capture, three replays; weights change in between (the graph must see them)."""
     eager, graphed = _pair('cuda')
     eager.train(), graphed.train()
+    start = [p.detach().clone() for p in eager.parameters()]
     torch.manual_seed(0)
     batches = [torch.randn(2, 3, 64, 96, device='cuda') for _ in range(6)]
     ref = _train_steps(eager, batches, torch.bfloat16, accumulate)
     out = _train_steps(graphed, batches, torch.bfloat16, accumulate)
     assert len(graphed.cuda_graphs.graphs) == 1
-    torch.testing.assert_close(torch.tensor(out), torch.tensor(ref), rtol=1e-3, atol=1e-3)
-    for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
-        torch.testing.assert_close(q, p, rtol=1e-3, atol=1e-4, msg=name)
+    _assert_close(torch.tensor(out), torch.tensor(ref), 1e-2, 'losses')
+    for (name, p), q, p0 in zip(eager.named_parameters(), graphed.parameters(), start):
+        _assert_close(q - p0, p - p0, 2e-2, f'update of {name}')
 
 
 @needs_cuda
@@ -95,7 +103,7 @@ def test_inference_replays_return_fresh_tensors():
     assert len(graphed.cuda_graphs.graphs) == 1
     for out, ref in zip(outs, refs):  # earlier results are not overwritten by later replays
         for a, b in zip(out, ref):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+            _assert_close(a, b, 1e-4, 'output')
 
 
 @needs_cuda
@@ -107,7 +115,7 @@ def test_second_forward_before_backward_runs_eagerly():
         (_loss(model(x1)) + 2 * _loss(model(x2))).backward()
     assert graphed.cuda_graphs.pending is None
     for (name, p), q in zip(eager.named_parameters(), graphed.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-5, msg=name)
+        _assert_close(q.grad, p.grad, 1e-3, f'gradient of {name}')
 
 
 @needs_cuda
