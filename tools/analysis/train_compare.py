@@ -122,7 +122,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--task', choices=sorted(CONFIGS), required=True)
     parser.add_argument('--models', nargs='+', default=['vmamba-t', 'swin-t'],
                         choices=['vmamba-t', 'swin-t', *VARIANTS],
-                        help='vmamba-t-graph: the VMamba config with the backbone's cuda_graph=True')
+                        help='vmamba-t-graph: the VMamba config with cuda_graph=True in the backbone')
     parser.add_argument('--iters', type=int, default=300)
     parser.add_argument('--warmup-iters', type=int, default=30, help='left out of the median time. Default: 30')
     parser.add_argument('--batch', type=int, default=2, help='images per iteration. Default: 2')
