@@ -136,6 +136,9 @@ def test_derive_config(load_tool, tmp_path, demo_cfg, amp):
         assert cfg.model.backbone.drop_path_rate == 0
         assert cfg.optim_wrapper.type == ('AmpOptimWrapper' if amp else 'OptimWrapper')
     assert derived[1].get('sync_bn') is None and derived[2].sync_bn == 'torch'
+    assert 'cuda_graph' not in derived[2].model.backbone
+    graphed = ddp_check.derive_config(demo_cfg, gpus=2, total_batch=4, iters=7, seed=3, amp=amp, cuda_graph=True)
+    assert graphed.model.backbone.cuda_graph is True
     # The source config is left as it was.
     assert [step['type'] for step in demo_cfg.train_dataloader.dataset.pipeline] == original_types
     assert demo_cfg.train_dataloader.batch_size == 4 and 'sync_bn' not in demo_cfg

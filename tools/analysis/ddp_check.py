@@ -61,6 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--compare-iters', type=int, default=5, help='iterations whose losses are checked. Default: 5')
     parser.add_argument('--seed', type=int, default=0, help='Default: 0')
     parser.add_argument('--amp', action='store_true', help='train with AmpOptimWrapper (fp16 autocast, dynamic scale)')
+    parser.add_argument('--backbone-cuda-graph', action='store_true',
+                        help="the DDP run replays the backbone from CUDA graphs (its cuda_graph=True); the "
+                        'single-GPU reference stays eager')
     # The two runs do the same arithmetic in another order (a cross-GPU mean of two half-batch losses and gradients,
     # SyncBN statistics gathered across GPUs) and under AMP/TF32 in reduced precision, so they never agree bitwise;
     # 1e-2 leaves room for that rounding over the first iterations and is below what a missing gradient sync does
@@ -131,8 +134,11 @@ def disable_dropout(model_cfg: dict) -> None:
         backbone['drop_path_rate'] = 0.0
 
 
-def derive_config(cfg, *, gpus: int, total_batch: int, iters: int, seed: int, amp: bool):
-    """A copy of ``cfg`` set up for the check, for ``gpus`` processes (1: the single-process reference)."""
+def derive_config(cfg, *, gpus: int, total_batch: int, iters: int, seed: int, amp: bool, cuda_graph: bool = False):
+    """A copy of ``cfg`` set up for the check, for ``gpus`` processes (1: the single-process reference).
+
+    ``cuda_graph`` sets the backbone's ``cuda_graph=True`` (captured and replayed from the third iteration on).
+    """
     if total_batch % gpus:
         raise ValueError(f'total batch {total_batch} does not split into {gpus} equal shares')
     cfg = copy.deepcopy(cfg)
@@ -143,6 +149,8 @@ def derive_config(cfg, *, gpus: int, total_batch: int, iters: int, seed: int, am
         dataset['pipeline'] = copy.deepcopy(pipeline)
     cfg.train_dataloader.batch_size = total_batch // gpus
     disable_dropout(cfg.model)
+    if cuda_graph:
+        cfg.model.backbone.cuda_graph = True
 
     # mmengine's IterBasedTrainLoop also validates at the last iteration unless val_begin is past it.
     cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters + 1, val_begin=iters + 1)
@@ -420,7 +428,7 @@ def main() -> None:
     paths = {}
     for name, gpus in (('single', 1), ('ddp', args.gpus)):
         derived = derive_config(cfg, gpus=gpus, total_batch=args.total_batch, iters=args.iters, seed=args.seed,
-                                amp=args.amp)
+                                amp=args.amp, cuda_graph=args.backbone_cuda_graph and name == 'ddp')
         paths[name] = work_dir / 'configs' / f'{name}.py'
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         derived.dump(str(paths[name]))
