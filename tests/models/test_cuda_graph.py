@@ -9,12 +9,13 @@ from mmvmamba import VMamba
 from mmvmamba.models.backbones.cuda_graph import CudaGraphCache
 
 SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
+VANILLA_SMALL = dict(SMALL, arch='vanilla-tiny')  # gated, channel-last SS2D with d_state 16
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
 
-def _pair(device='cpu', drop_path_rate=0.0, **cache_kwargs):
-    eager = VMamba(**SMALL, drop_path_rate=drop_path_rate).to(device)
-    graphed = VMamba(**SMALL, drop_path_rate=drop_path_rate, cuda_graph=True).to(device)
+def _pair(device='cpu', drop_path_rate=0.0, arch=SMALL, **cache_kwargs):
+    eager = VMamba(**arch, drop_path_rate=drop_path_rate).to(device)
+    graphed = VMamba(**arch, drop_path_rate=drop_path_rate, cuda_graph=True).to(device)
     graphed.load_state_dict(eager.state_dict(), strict=True)
     if cache_kwargs:
         graphed.cuda_graphs = CudaGraphCache(**cache_kwargs)
@@ -76,10 +77,11 @@ def _train_steps(model, batches, dtype, accumulate=1):
 
 
 @needs_cuda
-@pytest.mark.parametrize('accumulate', [1, 2], ids=['step', 'accumulate2'])
-def test_training_replays_match_eager(accumulate):
+@pytest.mark.parametrize('accumulate, arch', [(1, SMALL), (2, SMALL), (1, VANILLA_SMALL)],
+                         ids=['step', 'accumulate2', 'vanilla'])
+def test_training_replays_match_eager(accumulate, arch):
     """Six steps: two eager, one capture, three replays; weights change in between (the graph must see them)."""
-    eager, graphed = _pair('cuda')
+    eager, graphed = _pair('cuda', arch=arch)
     eager.train(), graphed.train()
     start = [p.detach().clone() for p in eager.parameters()]
     torch.manual_seed(0)
