@@ -62,6 +62,107 @@ def test_copies_start_without_graphs():
     assert restored.seen == {} and restored.max_graphs == graphed.cuda_graphs.max_graphs
 
 
+class _EagerStandIn:
+    """CPU stand-in for a captured signature: "replays" run the module eagerly on the static input.
+
+    It lets CI check the cache's policy and the replay's autograd plumbing without a GPU.
+    """
+
+    def __init__(self, module, x, params, pool, warmup_iters):
+        self.module, self.params = module, params
+        self.static_x = x.detach().clone()
+        self.replays = 0
+        self.backward_graph = _StandInBackward(self) if params else None
+
+    def _run(self):
+        cache = self.module.cuda_graphs
+        cache.capturing = True  # the module's forward must run its eager body, not come back to the cache
+        try:
+            return self.module(self.static_x)
+        finally:
+            cache.capturing = False
+
+    def replay_forward(self, x):
+        self.static_x.copy_(x)
+        self.replays += 1
+        with torch.no_grad():
+            self.static_outs = self._run()
+        if self.backward_graph is not None:
+            self.static_grad_outs = tuple(torch.empty_like(o) for o in self.static_outs)
+
+
+class _StandInBackward:
+
+    def __init__(self, entry):
+        self.entry = entry
+
+    def replay(self):
+        entry = self.entry
+        with torch.enable_grad():
+            outs = entry._run()
+            grads = torch.autograd.grad(outs, entry.params, entry.static_grad_outs, allow_unused=True)
+        if not hasattr(entry, 'static_grads'):
+            entry.static_grads = grads
+        for static, grad in zip(entry.static_grads, grads):  # a graph writes into the same buffers every replay
+            if static is not None:
+                static.copy_(grad)
+
+
+class _StandInCache(CudaGraphCache):
+    entry_type = _EagerStandIn
+
+    @staticmethod
+    def _can_graph(x):
+        return not x.requires_grad
+
+    @staticmethod
+    def _new_pool():
+        return None
+
+
+def test_cache_policy_on_the_cpu():
+    """Capture on the third call of a signature, a signature per mode and size, the limit, fresh outputs."""
+    eager, graphed = _pair()
+    graphed.cuda_graphs = cache = _StandInCache(max_graphs=2)
+    eager.eval(), graphed.eval()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        outs = [graphed(x + i) for i in range(4)]
+        refs = [eager(x + i) for i in range(4)]
+    assert len(cache.graphs) == 1 and next(iter(cache.graphs.values())).replays == 2
+    for out, ref in zip(outs, refs):  # the replayed results are copies, not the entry's buffers
+        assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    with torch.no_grad():
+        for _ in range(3):
+            graphed(torch.randn(1, 3, 64, 48))  # a second size: the second signature
+        graphed.train()
+        for _ in range(3):
+            graphed(x)  # training mode is a third signature: past max_graphs=2, eager
+    assert len(cache.graphs) == 2 and len(cache.seen) == 3
+
+
+@pytest.mark.parametrize('second_call', [False, True], ids=['replay', 'replay-and-eager'])
+def test_replay_gradients_on_the_cpu(second_call):
+    """Two backward passes accumulate: the replay's gradients are fresh tensors; a pending forward goes eager."""
+    eager, graphed = _pair()
+    graphed.cuda_graphs = cache = _StandInCache(capture_after=0)
+    eager.train(), graphed.train()
+    x1, x2 = torch.randn(2, 2, 3, 32, 48)
+    for _ in range(2):
+        for model in (eager, graphed):
+            loss = _loss(model(x1))
+            if model is graphed:
+                assert cache.pending is not None
+            if second_call:
+                loss = loss + 2 * _loss(model(x2))
+            loss.backward()
+    assert cache.pending is None and len(cache.graphs) == 1
+    static = next(iter(cache.graphs.values())).static_grads
+    for (name, p), q, s in zip(eager.named_parameters(), graphed.parameters(), static):
+        assert q.grad is not None and q.grad.data_ptr() != s.data_ptr(), name
+        _assert_close(q.grad, p.grad, 1e-5, f'gradient of {name}')
+
+
 def _train_steps(model, batches, dtype, accumulate=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []

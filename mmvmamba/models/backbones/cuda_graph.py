@@ -103,6 +103,8 @@ class CudaGraphCache:
         warmup_iters: Eager runs on a side stream right before a capture. Default: 2.
     """
 
+    entry_type = _Graphed  # what a capture builds (tests substitute a CPU stand-in)
+
     def __init__(self, capture_after: int = 2, max_graphs: int = 4, warmup_iters: int = 2):
         if capture_after < 0 or max_graphs < 1 or warmup_iters < 1:
             raise ValueError('capture_after must be >= 0, max_graphs and warmup_iters >= 1; got '
@@ -123,7 +125,7 @@ class CudaGraphCache:
 
     def __call__(self, module: torch.nn.Module, fn: ForwardFn, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``fn(x)``, where ``fn`` is ``module``'s eager forward and ``module(x)`` comes back to this call."""
-        if self.capturing or not x.is_cuda or x.requires_grad or torch.compiler.is_compiling():
+        if self.capturing or not self._can_graph(x):
             return fn(x)
         params = [p for p in module.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
         key = _signature(module, x, params)
@@ -139,10 +141,10 @@ class CudaGraphCache:
                                 'already; new ones run eagerly')
                 return fn(x)
             if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
+                self.pool = self._new_pool()
             self.capturing = True  # the capture calls the module, whose forward comes back here
             try:
-                entry = self.graphs[key] = _Graphed(module, x, params, self.pool, self.warmup_iters)
+                entry = self.graphs[key] = self.entry_type(module, x, params, self.pool, self.warmup_iters)
             finally:
                 self.capturing = False
         if self.pending is not None:
@@ -153,6 +155,14 @@ class CudaGraphCache:
             entry.replay_forward(x)
             return tuple(o.clone() for o in entry.static_outs)
         return _ReplayFunction.apply(self, entry, x, *params)
+
+    @staticmethod
+    def _can_graph(x: torch.Tensor) -> bool:
+        return x.is_cuda and not x.requires_grad and not torch.compiler.is_compiling()
+
+    @staticmethod
+    def _new_pool():
+        return torch.cuda.graph_pool_handle()
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
