@@ -13,7 +13,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmvmamba.engine.config_utils import check_data_paths, load_tool_config
+from mmvmamba.engine.config_utils import check_data_paths, load_tool_config, use_amp
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,10 +40,7 @@ def main() -> None:
     cfg = load_tool_config(args.config, args.cfg_options, args.launcher, args.work_dir)
 
     if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {cfg.optim_wrapper.type}')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        use_amp(cfg)
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')

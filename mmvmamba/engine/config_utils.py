@@ -39,13 +39,14 @@ def load_tool_config(config: str, cfg_options: dict | None, launcher: str, work_
     return cfg
 
 
-def _leaf_datasets(dataset: dict, where: str):
-    """(where, dataset config) of each dataset that reads files, through wrappers such as RepeatDataset."""
+def leaf_datasets(dataset: dict, where: str = 'dataset'):
+    """(where, dataset config) of each dataset that reads files and holds a pipeline, through wrappers such as
+    RepeatDataset and ConcatDataset; ``where`` names it for messages."""
     if 'dataset' in dataset:
-        yield from _leaf_datasets(dataset['dataset'], f'{where}.dataset')
+        yield from leaf_datasets(dataset['dataset'], f'{where}.dataset')
     elif 'datasets' in dataset:
         for i, inner in enumerate(dataset['datasets']):
-            yield from _leaf_datasets(inner, f'{where}.datasets[{i}]')
+            yield from leaf_datasets(inner, f'{where}.datasets[{i}]')
     else:
         yield where, dataset
 
@@ -65,7 +66,7 @@ def check_data_paths(cfg: Config, dataloaders: tuple[str, ...] = DATALOADERS) ->
         loader = cfg.get(loader_name)
         if not loader:
             continue
-        for where, dataset in _leaf_datasets(loader['dataset'], f'{loader_name}.dataset'):
+        for where, dataset in leaf_datasets(loader['dataset'], f'{loader_name}.dataset'):
             root = dataset.get('data_root')
             ann_file = dataset.get('ann_file')
             if ann_file and not osp.isfile(_joined(root, ann_file)):
@@ -98,12 +99,20 @@ def set_data_root(cfg: Config, root: str) -> None:
         loader = cfg.get(loader_name)
         if not loader:
             continue
-        for _, dataset in _leaf_datasets(loader['dataset'], loader_name):
+        for _, dataset in leaf_datasets(loader['dataset'], loader_name):
             dataset['data_root'] = root
         evaluator = cfg.get(EVALUATORS.get(loader_name, ''))
         dataset = loader['dataset']
         if isinstance(evaluator, dict) and evaluator.get('ann_file') and dataset.get('ann_file'):
             evaluator['ann_file'] = osp.join(root, dataset['ann_file'])
+
+
+def use_amp(cfg: Config) -> None:
+    """Train with mmengine's ``AmpOptimWrapper`` (autocast, dynamic loss scale unless the config sets one)."""
+    if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
+        raise ValueError(f'AMP needs optim_wrapper.type OptimWrapper, got {cfg.optim_wrapper.type}')
+    cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
 
 
 def set_max_iters(cfg: Config, max_iters: int) -> None:

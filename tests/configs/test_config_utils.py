@@ -5,8 +5,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmvmamba.engine.config_utils import (check_data_paths, enable_visualization, set_data_root, set_max_iters,
-                                          task_of)
+from mmvmamba.engine.config_utils import (check_data_paths, enable_visualization, leaf_datasets, set_data_root,
+                                          set_max_iters, task_of, use_amp)
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DET = REPO / 'configs/det/mask-rcnn_vmamba-demo_fpn_shapes.py'
@@ -18,6 +18,25 @@ def test_task_of():
     assert task_of(Config.fromfile(DEMO_SEG)) == 'seg'
     with pytest.raises(ValueError, match='default_scope'):
         task_of(Config(dict(default_scope='mmpretrain')))
+
+
+def test_use_amp():
+    cfg = Config.fromfile(DEMO_SEG)
+    use_amp(cfg)
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.loss_scale == 'dynamic'
+    cfg.optim_wrapper.loss_scale = 512.0
+    use_amp(cfg)  # idempotent; a configured scale is kept
+    assert cfg.optim_wrapper.loss_scale == 512.0
+    cfg.optim_wrapper.type = 'ApexOptimWrapper'
+    with pytest.raises(ValueError, match='ApexOptimWrapper'):
+        use_amp(cfg)
+
+
+def test_leaf_datasets_look_through_wrappers():
+    inner = [dict(type='A', ann_file='a.json'), dict(type='B', ann_file='b.json')]
+    wrapped = dict(type='RepeatDataset', times=2, dataset=dict(type='ConcatDataset', datasets=inner))
+    assert list(leaf_datasets(wrapped)) == [('dataset.dataset.datasets[0]', inner[0]),
+                                            ('dataset.dataset.datasets[1]', inner[1])]
 
 
 def test_set_max_iters_scales_the_schedule():

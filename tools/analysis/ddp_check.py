@@ -32,7 +32,7 @@ import torch
 from mmengine.config import Config
 
 from mmvmamba.datasets.synthetic_shapes import generate_shapes_dataset
-from mmvmamba.engine.config_utils import set_data_root, task_of
+from mmvmamba.engine.config_utils import leaf_datasets, set_data_root, task_of, use_amp
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / 'configs' / 'seg' / 'upernet_vmamba-demo_shapes-128x128.py'
@@ -92,20 +92,9 @@ def is_random_transform(type_name: str) -> bool:
     return 'Random' in name or name in OTHER_RANDOM_TRANSFORMS
 
 
-def _leaf_datasets(dataset: dict):
-    """The datasets that hold a pipeline, through wrappers such as RepeatDataset and ConcatDataset."""
-    if 'dataset' in dataset:
-        yield from _leaf_datasets(dataset['dataset'])
-    elif 'datasets' in dataset:
-        for inner in dataset['datasets']:
-            yield from _leaf_datasets(inner)
-    else:
-        yield dataset
-
-
 def deterministic_pipeline(cfg) -> list:
     """The config's test pipeline, to train on: both runs then see the same pixels for the same images."""
-    pipeline = cfg.get('test_pipeline') or next(_leaf_datasets(cfg.test_dataloader.dataset)).get('pipeline')
+    pipeline = cfg.get('test_pipeline') or next(leaf_datasets(cfg.test_dataloader.dataset))[1].get('pipeline')
     if not pipeline:
         raise ValueError('the config has neither test_pipeline nor test_dataloader.dataset.pipeline to train on')
     types = [step['type'] for step in pipeline]
@@ -145,7 +134,7 @@ def derive_config(cfg, *, gpus: int, total_batch: int, iters: int, seed: int, am
     pipeline = deterministic_pipeline(cfg)
     if 'train_pipeline' in cfg:
         cfg.train_pipeline = copy.deepcopy(pipeline)
-    for dataset in _leaf_datasets(cfg.train_dataloader.dataset):
+    for _, dataset in leaf_datasets(cfg.train_dataloader.dataset):
         dataset['pipeline'] = copy.deepcopy(pipeline)
     cfg.train_dataloader.batch_size = total_batch // gpus
     disable_dropout(cfg.model)
@@ -171,10 +160,7 @@ def derive_config(cfg, *, gpus: int, total_batch: int, iters: int, seed: int, am
     else:
         cfg.pop('sync_bn', None)
     if amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, got {cfg.optim_wrapper.type}')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        use_amp(cfg)
     return cfg
 
 

@@ -21,6 +21,7 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from mmvmamba.datasets.synthetic_shapes import generate_shapes_dataset
+from mmvmamba.engine.config_utils import use_amp
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {
@@ -88,7 +89,10 @@ def adapt(cfg: Config, task: str, root: str, iters: int, amp: bool, batch: int, 
     cfg.val_cfg, cfg.test_cfg = dict(type='ValLoop'), dict(type='TestLoop')
     warmup = min(50, iters // 4)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=warmup)]
-    cfg.optim_wrapper.type = 'AmpOptimWrapper' if amp else 'OptimWrapper'
+    if amp:
+        use_amp(cfg)
+    else:
+        cfg.optim_wrapper.type = 'OptimWrapper'
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=10, log_metric_by_epoch=False)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters)
     cfg.log_processor = dict(by_epoch=False)
