@@ -11,8 +11,6 @@ model = dict(
     backbone=dict(
         arch='vanilla-base',
         drop_path_rate=0.1,
-        # Eager until tests/models/test_cuda_graph.py's vanilla case has run on a GPU (it has not yet).
-        cuda_graph=False,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     decode_head=dict(in_channels=[128, 256, 512, 1024]),
     auxiliary_head=dict(in_channels=512))
