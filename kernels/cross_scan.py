@@ -4,8 +4,9 @@ A cross-scan program owns one ``[BLOCK_H, BLOCK_W]`` tile of one ``(b, c)`` plan
 forward (element ``[i, j]`` is position ``(h0 + i, w0 + j)``) and reversed (``(h0 + BLOCK_H-1-i, w0 + BLOCK_W-1-j)``).
 Row-major and column-major addresses increase along ``j`` and ``i`` in the forward arrangement, and the reversed
 directions' addresses ``L-1-p`` increase along ``j`` and ``i`` in the reversed one, so every global access is
-contiguous along one axis of its tile and Triton can coalesce it. The merge instead walks flat blocks of map
-positions and lets the caches absorb the strided column-major reads. See kernels/README.md.
+contiguous along one axis of its tile and Triton can coalesce it. The merge walks flat blocks over all output
+positions and lets the caches absorb the strided column-major reads; on wide maps, where a flat block spans too few
+rows for that, it works in [rows, columns] tiles instead. See kernels/README.md.
 """
 import torch
 import triton
@@ -16,8 +17,11 @@ from .utils import eager_or_custom_op, input_guard
 BLOCK_H = 64      # cross-scan tile (measured on an H100, docs/benchmarks.md)
 BLOCK_W = 64
 NUM_WARPS = 4
-MERGE_BLOCK = 1024
+MERGE_BLOCK = 2048     # flat merge blocks
 MERGE_WARPS = 4
+MERGE_TILE_MIN_ROWS = 8   # a flat block covering fewer whole rows than this uses the tiled merge
+MERGE_TILE_H = 8
+MERGE_TILE_W = 128
 
 
 @triton.jit(do_not_specialize=['C', 'H', 'W'])
@@ -73,40 +77,94 @@ def _cross_scan_fwd_kernel(
     tl.store(p_xs + o_seq + 3 * s_dir + e_3, b_xr, mask=m_r)
 
 
-@triton.jit(do_not_specialize=['C', 'H', 'W'])
-def _cross_scan_bwd_kernel(
+@triton.jit
+def _merge_store(p_dx, o_out, s_out, b_0, b_1, b_2, b_3, m, PER_DIRECTION: tl.constexpr):
+    out_ty = p_dx.dtype.element_ty
+    if PER_DIRECTION:
+        tl.store(p_dx + o_out, b_0.to(out_ty), mask=m)
+        tl.store(p_dx + o_out + s_out, b_1.to(out_ty), mask=m)
+        tl.store(p_dx + o_out + 2 * s_out, b_2.to(out_ty), mask=m)
+        tl.store(p_dx + o_out + 3 * s_out, b_3.to(out_ty), mask=m)
+    else:
+        tl.store(p_dx + o_out, ((b_0 + b_1) + (b_2 + b_3)).to(out_ty), mask=m)
+
+
+@triton.jit(do_not_specialize=['C', 'H', 'W', 'total'])
+def _cross_merge_flat_kernel(
     p_dxs,  # [B, 4, C, L]
     p_dx,   # [B, C, H, W], or [B, 4, C, H, W] with PER_DIRECTION
     C,
     H,
     W,
-    L,  # H * W, passed so that Triton can see when planes start 16-aligned (vector loads and stores)
+    L,
+    total,  # B * C * L output positions (per direction)
     BLOCK: tl.constexpr,
     PER_DIRECTION: tl.constexpr,  # write direction k to its own plane k instead of summing the four
+    INT64: tl.constexpr,          # offsets beyond int32 (32-bit division is several times cheaper)
 ):
-    # one flat block of map positions; the column-major loads are strided, but a block covers whole rows, so the
-    # sectors they touch are reused from L1/L2 by the neighbouring rows (measured faster than a tile transpose)
-    i_p, i_blk = tl.program_id(0), tl.program_id(1)
-    i_b = i_p // C
-    i_c = i_p - i_b * C
-    o_seq = (i_b.to(tl.int64) * 4 * C + i_c) * L
-    s_dir = C.to(tl.int64) * L
-    o_pos = i_blk * BLOCK + tl.arange(0, BLOCK)
-    m = o_pos < L
+    # Flat blocks over all (b, c, position) of the output, so no program is left mostly empty at the end of a plane
+    # (a per-plane grid lost 40 % at L = 3,136). The column-major loads are strided: a block covers several whole
+    # rows, so each column's sectors serve neighbouring rows from the caches. Addresses of the reversed directions
+    # descend: those loads are coalesced but not vectorised.
+    i_blk = tl.program_id(0)
+    if INT64:
+        i_blk = i_blk.to(tl.int64)
+    o = i_blk * BLOCK + tl.arange(0, BLOCK)
+    m = o < total
+    i_plane = o // L
+    o_pos = o - i_plane * L
+    i_b = i_plane // C
+    o_seq = (i_b * 3 * C + i_plane) * L                     # (b * 4C + c) * L
+    s_dir = C * L
     o_h = o_pos // W
-    o_col = (o_pos - o_h * W) * H + o_h                      # column-major index of the same position
+    o_col = (o_pos - o_h * W) * H + o_h                     # column-major index of the same position
     b_0 = tl.load(p_dxs + o_seq + o_pos, mask=m, other=0.).to(tl.float32)
     b_1 = tl.load(p_dxs + o_seq + s_dir + o_col, mask=m, other=0.).to(tl.float32)
     b_2 = tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_pos), mask=m, other=0.).to(tl.float32)
     b_3 = tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - o_col), mask=m, other=0.).to(tl.float32)
-    out_ty = p_dx.dtype.element_ty
     if PER_DIRECTION:
-        tl.store(p_dx + o_seq + o_pos, b_0.to(out_ty), mask=m)
-        tl.store(p_dx + o_seq + s_dir + o_pos, b_1.to(out_ty), mask=m)
-        tl.store(p_dx + o_seq + 2 * s_dir + o_pos, b_2.to(out_ty), mask=m)
-        tl.store(p_dx + o_seq + 3 * s_dir + o_pos, b_3.to(out_ty), mask=m)
+        _merge_store(p_dx, o_seq + o_pos, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
     else:
-        tl.store(p_dx + i_p.to(tl.int64) * L + o_pos, ((b_0 + b_1) + (b_2 + b_3)).to(out_ty), mask=m)
+        _merge_store(p_dx, o, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+
+
+@triton.jit(do_not_specialize=['C', 'H', 'W'])
+def _cross_merge_tile_kernel(
+    p_dxs,  # [B, 4, C, L]
+    p_dx,   # [B, C, H, W], or [B, 4, C, H, W] with PER_DIRECTION
+    C,
+    H,
+    W,
+    L,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    PER_DIRECTION: tl.constexpr,
+):
+    # Wide maps, where a flat block spans only a few rows and each column's sectors would be fetched again by every
+    # block: a [BLOCK_H, BLOCK_W] tile of one plane. Triton gives each load the layout its addresses are contiguous
+    # in (row-major for k = 0, 2, column-major for k = 1); k = 3 descends along h, so it is loaded as the transposed
+    # [BLOCK_W, BLOCK_H] tile, whose last axis is h, and transposed in registers.
+    i_p, i_t = tl.program_id(0), tl.program_id(1)
+    n_tw = tl.cdiv(W, BLOCK_W)
+    h0 = (i_t // n_tw) * BLOCK_H
+    w0 = (i_t % n_tw) * BLOCK_W
+    i_b = i_p // C
+    o_seq = (i_b.to(tl.int64) * 3 * C + i_p) * L            # (b * 4C + c) * L
+    s_dir = C.to(tl.int64) * L
+    o_h = h0 + tl.arange(0, BLOCK_H)
+    o_w = w0 + tl.arange(0, BLOCK_W)
+    m = (o_h[:, None] < H) & (o_w[None, :] < W)
+    o_row = o_h[:, None] * W + o_w[None, :]
+    b_0 = tl.load(p_dxs + o_seq + o_row, mask=m, other=0.).to(tl.float32)
+    b_1 = tl.load(p_dxs + o_seq + s_dir + (o_w[None, :] * H + o_h[:, None]), mask=m, other=0.).to(tl.float32)
+    b_2 = tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_row), mask=m, other=0.).to(tl.float32)
+    m_t = (o_w[:, None] < W) & (o_h[None, :] < H)
+    b_3t = tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - (o_w[:, None] * H + o_h[None, :])), mask=m_t, other=0.)
+    b_3 = tl.trans(b_3t).to(tl.float32)
+    if PER_DIRECTION:
+        _merge_store(p_dx, o_seq + o_row, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+    else:
+        _merge_store(p_dx, i_p.to(tl.int64) * L + o_row, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
 
 
 def _grid(planes: int, height: int, width: int) -> tuple[int, int]:
@@ -140,10 +198,17 @@ def _cross_scan_bwd(dxs: torch.Tensor, height: int, width: int, per_direction: b
     batch, _, channels, _ = dxs.shape
     shape = (batch, 4, channels, height, width) if per_direction else (batch, channels, height, width)
     dx = torch.empty(shape, dtype=out_dtype or dxs.dtype, device=dxs.device)
-    if dx.numel():
-        grid = (batch * channels, triton.cdiv(height * width, MERGE_BLOCK))
-        _cross_scan_bwd_kernel[grid](dxs, dx, channels, height, width, height * width, BLOCK=MERGE_BLOCK,
-                                     PER_DIRECTION=per_direction, num_warps=MERGE_WARPS)
+    if not dx.numel():
+        return dx
+    if MERGE_BLOCK // width >= MERGE_TILE_MIN_ROWS:
+        total = batch * channels * height * width
+        _cross_merge_flat_kernel[(triton.cdiv(total, MERGE_BLOCK),)](
+            dxs, dx, channels, height, width, height * width, total, BLOCK=MERGE_BLOCK, PER_DIRECTION=per_direction,
+            INT64=dxs.numel() >= 2**31, num_warps=MERGE_WARPS)
+    else:
+        grid = (batch * channels, triton.cdiv(height, MERGE_TILE_H) * triton.cdiv(width, MERGE_TILE_W))
+        _cross_merge_tile_kernel[grid](dxs, dx, channels, height, width, height * width, BLOCK_H=MERGE_TILE_H,
+                                       BLOCK_W=MERGE_TILE_W, PER_DIRECTION=per_direction, num_warps=MERGE_WARPS)
     return dx
 
 

@@ -67,7 +67,7 @@ def _bwd_chunk_loads(p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, t
 
 
 # L keeps Triton's divisibility specialisation (vector loads when L % 16 == 0); the other sizes never recompile.
-@triton.jit(do_not_specialize=['K', 'DIM', 'N', 'NCHUNK', 'SEG_CHUNKS', 'NSEG', 'H', 'W'])
+@triton.jit(do_not_specialize=['K', 'DIM', 'N', 'NCHUNK', 'NHS', 'SEG_CHUNKS', 'NSEG', 'H', 'W'])
 def _selective_scan_fwd_kernel(
     p_u,           # [B, K*D, L]
     p_delta,       # [B, K*D, L]
@@ -77,13 +77,14 @@ def _selective_scan_fwd_kernel(
     p_D,           # [K*D]
     p_delta_bias,  # [K*D]
     p_out,         # [B, K*D, L] fp32
-    p_hs,          # [B*K*D, NCHUNK, N] fp32: state before each chunk
+    p_hs,          # [B*K*D, NHS, N] fp32: state before each chunk of BLOCK_T // HS_SPLIT steps (the backward's chunks)
     p_seg,         # [B*K*D, NSEG, 2, N] fp32: per segment (decay product, end state from a zero start)
     K,
     DIM,
     L,
     N,
     NCHUNK,
+    NHS,
     SEG_CHUNKS,
     NSEG,
     H,
@@ -97,6 +98,7 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    HS_SPLIT: tl.constexpr,  # states saved per chunk: the forward may walk longer chunks than the backward
 ):
     i_r, i_s = tl.program_id(0), tl.program_id(1)
     n_db = tl.cdiv(DIM, BLOCK_D)
@@ -186,7 +188,7 @@ def _selective_scan_fwd_kernel(
             if not SUMMARY:
                 b_Cm = tl.load(p_C + o_bc + o_p[None, :], mask=m_nt, other=0.).to(tl.float32)
         if not SUMMARY:
-            tl.store(p_hs + (o_grow[:, None] * NCHUNK + c) * N + o_n[None, :], b_h, mask=m_dn)
+            tl.store(p_hs + (o_grow[:, None] * NHS + c * HS_SPLIT) * N + o_n[None, :], b_h, mask=m_dn)
         if HAS_DELTA_BIAS:
             b_dt += b_bias[:, None]
         if DELTA_SOFTPLUS:
@@ -199,6 +201,11 @@ def _selective_scan_fwd_kernel(
         if SUMMARY:
             b_Pseg *= tl.sum(tl.where(m_last, b_Pc, 0.), axis=2)
         else:
+            for q in tl.static_range(1, HS_SPLIT):  # states inside the chunk, at the backward's chunk starts
+                b_hq = tl.sum(tl.where((o_tl == q * (BLOCK_T // HS_SPLIT) - 1)[None, None, :], b_hall, 0.), axis=2)
+                o_q = c * HS_SPLIT + q + 0 * o_n                 # [BLOCK_N]: a tensor mask, as the interpreter needs
+                tl.store(p_hs + (o_grow[:, None] * NHS + o_q[None, :]) * N + o_n[None, :], b_hq,
+                         mask=m_dn & (o_q < NHS)[None, :])
             b_y = tl.sum(b_hall * b_Cm[None, :, :], axis=1)
             if HAS_D:
                 b_y += b_D[:, None] * b_u
@@ -400,7 +407,7 @@ def _selective_scan_bwd_kernel(
 # Small tiles (BLOCK_D * BLOCK_N * BLOCK_T = 256 elements on 2 warps) keep the register count low enough for
 # several programs per SM, which the latency-bound chunk loop needs more than wide tiles.
 TUNING = dict(block_t=256, block_t_short=128, tile_fwd=256, tile_bwd=256, warps_fwd=2, warps_bwd=2,
-              programs_per_sm=8, prefetch=True)
+              programs_per_sm=8, prefetch=True, fwd_split_long=2, long_length=8192)
 
 
 def scan_config(length: int, d_state: int) -> dict[str, int]:
@@ -414,6 +421,17 @@ def scan_config(length: int, d_state: int) -> dict[str, int]:
                 block_n=block_n,
                 block_d_fwd=max(1, min(16, TUNING['tile_fwd'] // (block_n * block_t))),
                 block_d_bwd=max(1, min(16, TUNING['tile_bwd'] // (block_n * block_t))))
+
+
+def num_warps(tile: int, direction: str) -> int:
+    """Warps of a program whose tile holds ``tile`` elements (``direction``: 'fwd' or 'bwd')."""
+    return TUNING['warps_' + direction] if tile <= 256 else 4
+
+
+def forward_split(length: int, d_state: int) -> int:
+    """How many backward chunks one forward chunk spans: on long maps the forward walks chunks twice as long
+    (fewer steps in its latency chain) and saves the state at each backward chunk's start on the way."""
+    return TUNING['fwd_split_long'] if length >= TUNING['long_length'] and d_state == 1 else 1
 
 
 def default_seg_chunks(row_programs: int, n_chunks: int, device: torch.device) -> int:
@@ -431,10 +449,15 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t:
     # [B, 4, D, H, W], B/C [B, 4, N, H, W]); the output is then [B, D, H, W], summed over the directions.
     groups, d_state = B.shape[1], A.shape[1]
     cfg = scan_config(length, d_state)
+    hs_split = forward_split(length, d_state)
     block_d = cfg['block_d_fwd']
-    n_chunk = triton.cdiv(length, block_t)
+    n_hs = triton.cdiv(length, block_t)
+    fwd_t = block_t * hs_split                     # the forward's chunk; a state is saved every block_t steps
+    n_chunk = triton.cdiv(length, fwd_t)
     if seg_chunks <= 0:
         seg_chunks = default_seg_chunks(batch * groups * triton.cdiv(dim, block_d), n_chunk, u.device)
+    else:  # seg_chunks counts the backward's chunks
+        seg_chunks = triton.cdiv(seg_chunks, hs_split)
     seg_chunks = max(1, min(seg_chunks, n_chunk))
     n_seg = triton.cdiv(n_chunk, seg_chunks)
     dev = u.device
@@ -442,18 +465,19 @@ def _launch_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t:
         out = torch.empty(batch, groups * dim, length, dtype=torch.float32, device=dev)
     else:
         out = torch.zeros(batch, dim, *hw, dtype=torch.float32, device=dev)
-    hs = torch.empty(batch * groups * dim, n_chunk, d_state, dtype=torch.float32, device=dev)
+    hs = torch.empty(batch * groups * dim, n_hs, d_state, dtype=torch.float32, device=dev)
     seg = torch.empty(batch * groups * dim, n_seg, 2, d_state, dtype=torch.float32, device=dev) if n_seg > 1 else hs
     if out.numel() == 0:
         return out, hs
     grid = (batch * groups * triton.cdiv(dim, block_d), n_seg)
     height, width = hw if hw is not None else (1, length)
     args = (u, delta, A, B, C, D if D is not None else u, delta_bias if delta_bias is not None else u, out, hs, seg,
-            groups, dim, length, d_state, n_chunk, seg_chunks, n_seg, height, width)
+            groups, dim, length, d_state, n_chunk, n_hs, seg_chunks, n_seg, height, width)
     meta = dict(HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=delta_softplus,
                 SPATIAL=hw is not None, PREFETCH=TUNING['prefetch'] and seg_chunks > 1, BLOCK_D=block_d,
-                BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
-                num_warps=TUNING['warps_fwd'] if block_d * cfg['block_n'] * block_t <= 256 else 4)
+                BLOCK_N=cfg['block_n'], BLOCK_T=fwd_t, HS_SPLIT=hs_split,
+                # the longer chunks keep the warps of the backward's chunk (measured faster on long maps)
+                num_warps=num_warps(block_d * cfg['block_n'] * block_t, 'fwd'))
     if n_seg > 1:
         _selective_scan_fwd_kernel[grid](*args, SUMMARY=True, **meta)
     _selective_scan_fwd_kernel[grid](*args, SUMMARY=False, **meta)
@@ -493,7 +517,7 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
         meta = dict(HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=delta_softplus,
                     SPATIAL=hw is not None, PREFETCH=TUNING['prefetch'] and seg_chunks > 1, BLOCK_D=block_d,
                     BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
-                    num_warps=TUNING['warps_bwd'] if block_d * cfg['block_n'] * block_t <= 256 else 4)
+                    num_warps=num_warps(block_d * cfg['block_n'] * block_t, 'bwd'))
         if n_seg > 1:
             _selective_scan_bwd_kernel[grid](*args, SUMMARY=True, **meta)
         _selective_scan_bwd_kernel[grid](*args, SUMMARY=False, **meta)

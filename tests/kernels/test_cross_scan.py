@@ -1,4 +1,6 @@
 """Triton cross-scan / cross-merge against the PyTorch references: outputs and gradients."""
+import importlib
+
 import pytest
 import torch
 
@@ -7,7 +9,8 @@ from tests.utils import assert_close
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-SHAPES = [(1, 3, 7, 9), (3, 5, 13, 17), (1, 2, 56, 57), (3, 1, 33, 40), (1, 2, 1, 5), (1, 1, 1, 1)]
+# (1, 2, 5, 300): wider than the flat merge's limit, so the tiled merge runs
+SHAPES = [(1, 3, 7, 9), (3, 5, 13, 17), (1, 2, 56, 57), (3, 1, 33, 40), (1, 2, 1, 5), (1, 1, 1, 1), (1, 2, 5, 300)]
 
 
 def _cases():
@@ -75,6 +78,21 @@ def test_per_direction_scan_and_its_inverse(batch, channels, height, width, dtyp
     assert cast.dtype == dtype
     torch.testing.assert_close(cast.float(), seq_to_spatial(seq32, height, width).to(dtype).float(), atol=0,
                                rtol=torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize('path', ['flat', 'tiled'])
+@pytest.mark.parametrize('height, width', [(13, 17), (9, 300), (1, 130)])
+def test_both_merge_kernels(monkeypatch, path, height, width):
+    """The flat and the tiled merge kernel (chosen by the map's width) each on maps of both kinds, summed and per
+    direction; the permutations must be exact."""
+    from mmvmamba_kernels.cross_selective_scan_ref import seq_to_spatial
+    cs = importlib.import_module('mmvmamba_kernels.cross_scan')   # the package exports a function of that name
+
+    monkeypatch.setattr(cs, 'MERGE_TILE_MIN_ROWS', 0 if path == 'flat' else 10**9)
+    seq = torch.randn(2, 4, 3, height * width, device=DEVICE)
+    merged = cs._cross_scan_bwd(seq, height, width)
+    torch.testing.assert_close(merged, mk.cross_merge_ref(seq.view(2, 4, 3, height, width)), rtol=1e-6, atol=1e-6)
+    assert torch.equal(cs._cross_scan_bwd(seq, height, width, per_direction=True), seq_to_spatial(seq, height, width))
 
 
 def test_cross_scan_accepts_strided_input():

@@ -77,8 +77,13 @@ def test_low_rank_delta_shape_errors():
         mk.cross_selective_scan(**inputs, delta_proj_weight=torch.randn(4, 5, 2, device=DEVICE))
 
 
+@pytest.mark.parametrize('fwd_split', [1, 2], ids=lambda n: f'fwdsplit{n}')
 @pytest.mark.parametrize('seg_chunks', [1, 2], ids=lambda s: f'seg{s}')
-def test_cross_selective_scan_split_along_L(seg_chunks):
+def test_cross_selective_scan_split_along_L(seg_chunks, fwd_split, monkeypatch):
+    """Chunks, L-segments and (fwd_split 2) forward chunks of two backward chunks, at a small L."""
+    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
+    monkeypatch.setitem(ss.TUNING, 'long_length', 0)
+    monkeypatch.setitem(ss.TUNING, 'fwd_split_long', fwd_split)
     inputs = make_spatial_inputs(2, 3, 9, 7, 1)   # L = 63: 4 chunks of 16 steps
 
     def fn(x, delta, A, B, C, D, delta_bias):

@@ -80,12 +80,16 @@ def test_selective_scan(batch, groups, dim, length, d_state, dtype):
     check_against_ref(lambda **kw: mk.selective_scan(**kw, use_triton=True), mk.selective_scan_ref, inputs, dtype)
 
 
+@pytest.mark.parametrize('fwd_split', [1, 2, 4], ids=lambda n: f'fwdsplit{n}')
 @pytest.mark.parametrize('d_state', [1, 5], ids=lambda n: f'N{n}')
 @pytest.mark.parametrize('seg_chunks, prefetch', [(1, True), (2, True), (5, True), (5, False)],
                          ids=['seg1', 'seg2', 'seg5', 'seg5-noprefetch'])
-def test_selective_scan_split_along_L(seg_chunks, prefetch, d_state, monkeypatch):
-    """Several chunks and several L-segments (summary pass + look-back), forced at a small L."""
+def test_selective_scan_split_along_L(seg_chunks, prefetch, d_state, fwd_split, monkeypatch):
+    """Several chunks and several L-segments (summary pass + look-back), forced at a small L; with fwd_split > 1
+    (N = 1 only) the forward walks chunks of fwd_split * 16 steps and saves the states inside them."""
     monkeypatch.setitem(ss.TUNING, 'prefetch', prefetch)
+    monkeypatch.setitem(ss.TUNING, 'long_length', 0)
+    monkeypatch.setitem(ss.TUNING, 'fwd_split_long', fwd_split)
     inputs = make_inputs(2, 2, 3, 71, d_state)   # 5 chunks of 16 steps: 5, 3 or 1 segments
 
     def fn(u, delta, A, B, C, D, delta_bias):
@@ -102,6 +106,11 @@ def test_selective_scan_options(has_D, has_bias, softplus):
         inputs['delta'] = torch.rand_like(inputs['delta']) * 0.2   # positive step sizes without the softplus
     check_against_ref(lambda **kw: mk.selective_scan(**kw, delta_softplus=softplus, use_triton=True),
                       lambda **kw: mk.selective_scan_ref(**kw, delta_softplus=softplus), inputs, torch.float32)
+
+
+def test_forward_split_only_on_long_single_state_scans():
+    assert ss.forward_split(66800, 1) == ss.TUNING['fwd_split_long'] > 1
+    assert ss.forward_split(3136, 1) == ss.forward_split(66800, 16) == 1
 
 
 def test_scan_config_block_t_is_shared():
