@@ -89,7 +89,9 @@ def _merge_store(p_dx, o_out, s_out, b_0, b_1, b_2, b_3, m, PER_DIRECTION: tl.co
         tl.store(p_dx + o_out, ((b_0 + b_1) + (b_2 + b_3)).to(out_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=['C', 'H', 'W', 'total'])
+# total keeps Triton's divisibility specialisation: the contiguous loads and the store are vectorised only when it
+# shows that a group of 16 outputs is all in or all out of range (measured 1.6x at 224 batch 128)
+@triton.jit(do_not_specialize=['C', 'H', 'W'])
 def _cross_merge_flat_kernel(
     p_dxs,  # [B, 4, C, L]
     p_dx,   # [B, C, H, W], or [B, 4, C, H, W] with PER_DIRECTION

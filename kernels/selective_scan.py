@@ -221,7 +221,7 @@ def _selective_scan_fwd_kernel(
         tl.store(p_seg + o_sg + N, b_h, mask=m_dn)
 
 
-@triton.jit(do_not_specialize=['K', 'DIM', 'N', 'NCHUNK', 'SEG_CHUNKS', 'NSEG', 'H', 'W'])
+@triton.jit(do_not_specialize=['K', 'DIM', 'N', 'NCHUNK', 'NSLOT', 'SEG_CHUNKS', 'NSEG', 'H', 'W'])
 def _selective_scan_bwd_kernel(
     p_u,           # [B, K*D, L]
     p_delta,       # [B, K*D, L]
@@ -236,8 +236,8 @@ def _selective_scan_bwd_kernel(
     p_du,          # [B, K*D, L] u's dtype
     p_ddelta,      # [B, K*D, L] delta's dtype
     p_dA,          # [B*NSEG, K*D, N] fp32 partial sums
-    p_dB,          # [B, K, NDB, N, L] fp32 partial sums over row blocks
-    p_dC,          # [B, K, NDB, N, L] fp32
+    p_dB,          # [B, K, NSLOT, N, L] fp32 partial sums over row blocks
+    p_dC,          # [B, K, NSLOT, N, L] fp32
     p_dD,          # [B*NSEG, K*D] fp32
     p_ddelta_bias,  # [B*NSEG, K*D] fp32
     K,
@@ -245,6 +245,7 @@ def _selective_scan_bwd_kernel(
     L,
     N,
     NCHUNK,
+    NSLOT,          # partial-sum slots of dB, dC: one per row block, or fewer shared through atomics
     SEG_CHUNKS,
     NSEG,
     H,
@@ -258,6 +259,7 @@ def _selective_scan_bwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_T: tl.constexpr,
+    ATOMIC_BC: tl.constexpr,  # row blocks share the NSLOT slots (zeroed) through atomic adds
 ):
     i_r, i_s = tl.program_id(0), tl.program_id(1)
     n_db = tl.cdiv(DIM, BLOCK_D)
@@ -290,8 +292,8 @@ def _selective_scan_bwd_kernel(
     p_du += o_u0
     p_B += i_bk.to(tl.int64) * N * L
     p_C += i_bk.to(tl.int64) * N * L
-    p_dB += (i_bk * n_db + i_db).to(tl.int64) * N * L
-    p_dC += (i_bk * n_db + i_db).to(tl.int64) * N * L
+    p_dB += (i_bk * NSLOT + i_db % NSLOT).to(tl.int64) * N * L
+    p_dC += (i_bk * NSLOT + i_db % NSLOT).to(tl.int64) * N * L
     o_x = tl.arange(0, BLOCK_D)[:, None] * L
     o_bc = o_n[:, None] * L
     o_tl = tl.arange(0, BLOCK_T)
@@ -387,8 +389,12 @@ def _selective_scan_bwd_kernel(
             else:
                 tl.store(p_du + o_x + o_t[None, :], b_du.to(p_du.dtype.element_ty), mask=m_dt)
             tl.store(p_ddelta + o_x + o_p[None, :], b_ddt.to(p_ddelta.dtype.element_ty), mask=m_dt)
-            tl.store(p_dB + o_bc + o_p[None, :], b_dBp, mask=m_nt)
-            tl.store(p_dC + o_bc + o_p[None, :], b_dCp, mask=m_nt)
+            if ATOMIC_BC:
+                tl.atomic_add(p_dB + o_bc + o_p[None, :], b_dBp, mask=m_nt, sem='relaxed')
+                tl.atomic_add(p_dC + o_bc + o_p[None, :], b_dCp, mask=m_nt, sem='relaxed')
+            else:
+                tl.store(p_dB + o_bc + o_p[None, :], b_dBp, mask=m_nt)
+                tl.store(p_dC + o_bc + o_p[None, :], b_dCp, mask=m_nt)
 
     if SUMMARY:
         o_sg = (o_grow[:, None] * NSEG + i_s) * 2 * N + o_n[None, :]
@@ -407,7 +413,7 @@ def _selective_scan_bwd_kernel(
 # Small tiles (BLOCK_D * BLOCK_N * BLOCK_T = 256 elements on 2 warps) keep the register count low enough for
 # several programs per SM, which the latency-bound chunk loop needs more than wide tiles.
 TUNING = dict(block_t=256, block_t_short=128, tile_fwd=256, tile_bwd=256, warps_fwd=2, warps_bwd=2,
-              programs_per_sm=8, prefetch=True, fwd_split_long=2, long_length=8192)
+              programs_per_sm=2, prefetch=True, fwd_split_long=2, long_length=8192, bc_slots=2)
 
 
 def scan_config(length: int, d_state: int) -> dict[str, int]:
@@ -503,8 +509,12 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
     du = torch.empty_like(u) if hw is None else torch.zeros(u.shape, dtype=torch.float32, device=dev)
     ddelta = torch.empty_like(delta)
     dA = torch.empty(batch * n_seg, groups * dim, d_state, dtype=torch.float32, device=dev)
-    dB = torch.empty(batch, groups, n_db, d_state, length, dtype=torch.float32, device=dev)
-    dC = torch.empty(batch, groups, n_db, d_state, length, dtype=torch.float32, device=dev)
+    # dB, dC: with many row blocks, their partial sums (16 bytes per element of u at BLOCK_D = 1, more than the
+    # kernel's own traffic) go through atomics into a few slots instead
+    n_slot = min(n_db, TUNING['bc_slots']) if TUNING['bc_slots'] > 0 else n_db
+    new_bc = torch.zeros if n_slot < n_db else torch.empty
+    dB = new_bc(batch, groups, n_slot, d_state, length, dtype=torch.float32, device=dev)
+    dC = new_bc(batch, groups, n_slot, d_state, length, dtype=torch.float32, device=dev)
     dD = torch.empty(batch * n_seg, groups * dim, dtype=torch.float32, device=dev)
     ddb = torch.empty(batch * n_seg, groups * dim, dtype=torch.float32, device=dev)
     seg = torch.empty(batch * groups * dim, n_seg, 2, d_state, dtype=torch.float32, device=dev) if n_seg > 1 else hs
@@ -512,11 +522,11 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
         grid = (batch * groups * n_db, n_seg)
         height, width = hw if hw is not None else (1, length)
         args = (u, delta, A, B, C, D if D is not None else u, delta_bias if delta_bias is not None else u, dout, hs,
-                seg, du, ddelta, dA, dB, dC, dD, ddb, groups, dim, length, d_state, n_chunk, seg_chunks, n_seg,
+                seg, du, ddelta, dA, dB, dC, dD, ddb, groups, dim, length, d_state, n_chunk, n_slot, seg_chunks, n_seg,
                 height, width)
         meta = dict(HAS_D=D is not None, HAS_DELTA_BIAS=delta_bias is not None, DELTA_SOFTPLUS=delta_softplus,
                     SPATIAL=hw is not None, PREFETCH=TUNING['prefetch'] and seg_chunks > 1, BLOCK_D=block_d,
-                    BLOCK_N=cfg['block_n'], BLOCK_T=block_t,
+                    BLOCK_N=cfg['block_n'], BLOCK_T=block_t, ATOMIC_BC=n_slot < n_db,
                     num_warps=num_warps(block_d * cfg['block_n'] * block_t, 'bwd'))
         if n_seg > 1:
             _selective_scan_bwd_kernel[grid](*args, SUMMARY=True, **meta)

@@ -65,8 +65,8 @@ def test_new_sizes_do_not_recompile():
     """H, W and L are runtime arguments: once each L % 16 class has been seen, new sizes compile nothing."""
     cs = importlib.import_module('mmvmamba_kernels.cross_scan')   # the package's cross_scan is the function
     ss = importlib.import_module('mmvmamba_kernels.selective_scan')
-    kernels = [cs._cross_scan_fwd_kernel, cs._cross_scan_bwd_kernel, ss._selective_scan_fwd_kernel,
-               ss._selective_scan_bwd_kernel]
+    kernels = [cs._cross_scan_fwd_kernel, cs._cross_merge_flat_kernel, cs._cross_merge_tile_kernel,
+               ss._selective_scan_fwd_kernel, ss._selective_scan_bwd_kernel]
 
     def step(height, width, batch=1):
         x = torch.randn(batch, 8, height, width, device='cuda', dtype=torch.bfloat16, requires_grad=True)
@@ -76,11 +76,12 @@ def test_new_sizes_do_not_recompile():
                               s['C'].bfloat16(), s['D'], s['delta_bias'])
         mk.cross_merge(y.view(batch, 4, 8, height, width)).sum().backward()
 
-    # the variants: L % 16 == 0 or not, times one chunk per L-segment or several (PREFETCH)
-    for height, width in [(16, 17), (17, 19), (96, 100), (100, 97)]:
+    # the variants: L % 16 == 0 or not (and the flat merge's B*C*L), times one chunk per L-segment or several
+    # (PREFETCH), short or long maps (the forward's chunk split), narrow or wide maps (flat or tiled merge)
+    for height, width in [(16, 17), (17, 19), (96, 100), (100, 97), (5, 300), (8, 300)]:
         step(height, width)
     before = [_n_compiled(k) for k in kernels]
-    for height, width in [(56, 57), (23, 64), (200, 41), (37, 37), (64, 64), (113, 77)]:
+    for height, width in [(56, 57), (23, 64), (200, 41), (37, 37), (64, 64), (113, 77), (7, 301), (9, 320)]:
         step(height, width, batch=2)
     after = [_n_compiled(k) for k in kernels]
     assert after == before, f'compiled variants grew from {before} to {after} over new sizes'

@@ -108,6 +108,15 @@ def test_selective_scan_options(has_D, has_bias, softplus):
                       lambda **kw: mk.selective_scan_ref(**kw, delta_softplus=softplus), inputs, torch.float32)
 
 
+@pytest.mark.parametrize('slots', [0, 1, 2], ids=lambda n: f'slots{n}')
+def test_selective_scan_shared_partial_slots(slots, monkeypatch):
+    """dB, dC partial sums of 4 row blocks (D = 7, two rows a block) in 1 or 2 slots through atomics, or one each."""
+    monkeypatch.setitem(ss.TUNING, 'bc_slots', slots)
+    inputs = make_inputs(2, 2, 7, 71, 1)
+    check_against_ref(lambda **kw: mk.selective_scan(**kw, use_triton=True), mk.selective_scan_ref, inputs,
+                      torch.float32)
+
+
 def test_forward_split_only_on_long_single_state_scans():
     assert ss.forward_split(66800, 1) == ss.TUNING['fwd_split_long'] > 1
     assert ss.forward_split(3136, 1) == ss.forward_split(66800, 16) == 1
