@@ -74,6 +74,35 @@ def _cases():
                                id=f'B{batch}-K{groups}-D{dim}-L{length}-N{d_state}-{str(dtype)[6:]}')
 
 
+def _step_by_step(u, delta, A, B, C, D, delta_bias):
+    """The recurrence of the reference's docstring, one step at a time (what the prefix scan must equal)."""
+    dt = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    rows = u.shape[1]
+    Bx = B.repeat_interleave(rows // B.shape[1], dim=1)
+    Cx = C.repeat_interleave(rows // C.shape[1], dim=1)
+    h = u.new_zeros(u.shape[0], rows, A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * Bx[..., t]
+        ys.append((h * Cx[..., t]).sum(-1) + D * u[:, :, t])
+    return torch.stack(ys, dim=-1)
+
+
+@pytest.mark.parametrize('length, d_state', [(1, 1), (2, 1), (37, 1), (64, 16), (100, 3)])
+def test_reference_matches_the_step_by_step_recurrence(length, d_state):
+    inputs = make_inputs(2, 3, 4, length, d_state, device='cpu')
+    leaves = {k: v.double().requires_grad_() for k, v in inputs.items()}
+    out = mk.selective_scan_ref(**leaves)
+    # with L = 1 the decay never acts (h_{-1} = 0): A's gradient is zero, and the prefix scan leaves A unused
+    grads = torch.autograd.grad(out.square().sum(), list(leaves.values()), allow_unused=True, materialize_grads=True)
+    expected = _step_by_step(**leaves)
+    expected_grads = torch.autograd.grad(expected.square().sum(), list(leaves.values()))
+    # the reference computes in fp32 (the loop here in fp64): fp32 tolerances, gradients included
+    torch.testing.assert_close(out, expected.float(), rtol=1e-5, atol=1e-5)
+    for name, g, e in zip(leaves, grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=f'd{name}')
+
+
 @pytest.mark.parametrize('batch, groups, dim, length, d_state, dtype', list(_cases()))
 def test_selective_scan(batch, groups, dim, length, d_state, dtype):
     inputs = make_inputs(batch, groups, dim, length, d_state)
