@@ -29,6 +29,27 @@ def _affine_prefix_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b
 
 
+class _AffineScan(torch.autograd.Function):
+    """The prefix scan with its adjoint as backward: autograd through the rounds would keep ``2 log2(L)`` full-size
+    tensors (8.7 GB for a 2 x 768 x 16 x 3,136 fp32 scan on the CPU); this keeps ``a`` and ``h``."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h = _affine_prefix_scan(a, b)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, h = ctx.saved_tensors
+        # adjoint s_t = dh_t + a_{t+1} s_{t+1}: the same scan over the reversed sequence
+        a_next = torch.cat([a[..., 1:], torch.zeros_like(a[..., :1])], dim=-1)
+        s = _affine_prefix_scan(a_next.flip(-1), dh.flip(-1)).flip(-1)
+        h_prev = torch.cat([torch.zeros_like(h[..., :1]), h[..., :-1]], dim=-1)
+        return s * h_prev, s                                          # d a_t = s_t h_{t-1}, d b_t = s_t
+
+
 def selective_scan_ref(u: torch.Tensor,
                        delta: torch.Tensor,
                        A: torch.Tensor,
@@ -64,7 +85,7 @@ def selective_scan_ref(u: torch.Tensor,
     C = C.repeat_interleave(rows // groups, dim=1)
     decay = torch.exp(delta[:, :, None, :] * A[None, :, :, None])      # [B, K*D, N, L]
     drive = (delta * u)[:, :, None, :] * B                             # [B, K*D, N, L]
-    h = _affine_prefix_scan(decay, drive)
+    h = _AffineScan.apply(decay, drive)
     y = (h * C).sum(2)
     if D is not None:
         y = y + D.float()[:, None] * u
