@@ -39,9 +39,6 @@ SHAPES = {
     'coco-b2-stage1': (2, 96, 200, 334),
     'coco-b2-stage3': (2, 384, 50, 84),
 }
-# reference rows only for short maps: its backward keeps 2 log2(L) full-size fp32 tensors (and the earlier sequential
-# version took 0.15 s fwd, 7.7 s bwd at 224-b128-stage1)
-MAX_REF_LENGTH = 1024
 
 
 def bench(fn, grad_to_none=None) -> tuple[float, float, float]:
@@ -127,6 +124,9 @@ def main() -> None:
         print(' | '.join(str(v) for v in row.values()), flush=True)
 
     print('kernel | shape | provider | mode | ms | p20 | p80 | GB/s | % copy | official ms | official/ours')
+    ref_providers = [('torch_ref', mk.selective_scan_ref)]
+    if not args.skip_compile:
+        ref_providers.append(('torch_compile', torch.compile(mk.selective_scan_ref)))
     # selective scan at the four anchor shapes
     for shape, (batch, dim, height, width) in ({} if args.only_fused else SHAPES).items():
         inputs = scan_inputs(batch, dim, height, width)
@@ -142,9 +142,10 @@ def main() -> None:
                bench_graph(lambda: ss._selective_scan_fwd(*tensors, True, block_t, 0)), nbytes['fwd'])
         record('selective_scan', shape, 'triton_graph', 'bwd',
                bench_graph(lambda: ss._selective_scan_bwd(*tensors, dout, hs, True, block_t, 0)), nbytes['bwd'])
-        if height * width <= MAX_REF_LENGTH and not args.only_graph:
-            for mode, t in modes(mk.selective_scan_ref, inputs).items():
-                record('selective_scan', shape, 'torch_ref', mode, t, nbytes[mode])
+        # the references (a log-depth prefix scan over L) and Inductor's kernels for them, as baselines
+        for provider, ref_fn in ([] if args.only_graph else ref_providers):
+            for mode, t in modes(ref_fn, inputs).items():
+                record('selective_scan', shape, provider, mode, t, nbytes[mode])
         del inputs
         torch.cuda.empty_cache()
 
