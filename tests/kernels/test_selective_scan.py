@@ -103,6 +103,21 @@ def test_reference_matches_the_step_by_step_recurrence(length, d_state):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=f'd{name}')
 
 
+def test_reference_compiles_in_one_graph():
+    """tools/benchmark_kernels.py times torch.compile of the reference: it must trace without graph breaks."""
+    inputs = make_inputs(1, 2, 3, 37, 1, device='cpu')
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    compiled = torch.compile(mk.selective_scan_ref, backend='aot_eager', fullgraph=True)
+    out = compiled(**leaves)
+    out.square().sum().backward()
+    expected_leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    expected = mk.selective_scan_ref(**expected_leaves)
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected)
+    for name in leaves:
+        torch.testing.assert_close(leaves[name].grad, expected_leaves[name].grad, msg=f'd{name}')
+
+
 @pytest.mark.parametrize('batch, groups, dim, length, d_state, dtype', list(_cases()))
 def test_selective_scan(batch, groups, dim, length, d_state, dtype):
     inputs = make_inputs(batch, groups, dim, length, d_state)
