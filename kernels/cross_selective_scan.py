@@ -5,7 +5,8 @@ The forward is the selective-scan kernel of selective_scan.py run with ``SPATIAL
 output is accumulated over the four directions into the spatial ``[B, D, H, W]`` tensor with fp32 atomics, so the
 ``[B, 4, D, L]`` copies are never materialised. The backward does the same (``dx`` by atomics) up to
 ``SPATIAL_BWD_MAX_LENGTH``; on longer maps it runs the sequence-layout kernel on cross-scanned copies, which
-measured faster there (docs/benchmarks.md).
+measured faster there (docs/benchmarks.md). Under ``torch.use_deterministic_algorithms(True)`` both directions take
+the sequence-layout route, whose sums have a fixed order (the atomics' order varies from run to run).
 """
 import torch
 import triton
@@ -26,8 +27,16 @@ def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus: 
                               seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused forward: ``(out [B, D, H, W] fp32, chunk-start states [B*4*D, NCHUNK, N] fp32)``."""
     batch, dim, height, width = x.shape
-    return _launch_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
-                       height * width, (height, width))
+    length = height * width
+    if not torch.are_deterministic_algorithms_enabled():
+        return _launch_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
+                           (height, width))
+    # deterministic: the four directions in the sequence layout, summed by the merge kernel
+    out, hs = _launch_fwd(_cross_scan_fwd(x).view(batch, 4 * dim, length),
+                          _cross_scan_fwd(delta, per_direction=True).view(batch, 4 * dim, length), A,
+                          _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True), D,
+                          delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length, None)
+    return _cross_scan_bwd(out.view(batch, 4, dim, length), height, width), hs
 
 
 @input_guard
@@ -36,7 +45,7 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_
     """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the spatial layout."""
     batch, dim, height, width = x.shape
     length = height * width
-    if length <= SPATIAL_BWD_MAX_LENGTH:
+    if length <= SPATIAL_BWD_MAX_LENGTH and not torch.are_deterministic_algorithms_enabled():
         dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
                                                       block_t, seg_chunks, batch, dim, length, (height, width))
         return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb

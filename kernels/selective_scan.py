@@ -511,7 +511,9 @@ def _launch_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool
     dA = torch.empty(batch * n_seg, groups * dim, d_state, dtype=torch.float32, device=dev)
     # dB, dC: with many row blocks, their partial sums (16 bytes per element of u at BLOCK_D = 1, more than the
     # kernel's own traffic) go through atomics into a few slots instead
-    n_slot = min(n_db, TUNING['bc_slots']) if TUNING['bc_slots'] > 0 else n_db
+    # (one slot per row block, no atomics, when the user asked for deterministic algorithms)
+    shared = TUNING['bc_slots'] > 0 and not torch.are_deterministic_algorithms_enabled()
+    n_slot = min(n_db, TUNING['bc_slots']) if shared else n_db
     new_bc = torch.zeros if n_slot < n_db else torch.empty
     dB = new_bc(batch, groups, n_slot, d_state, length, dtype=torch.float32, device=dev)
     dC = new_bc(batch, groups, n_slot, d_state, length, dtype=torch.float32, device=dev)

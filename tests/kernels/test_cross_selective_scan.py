@@ -115,3 +115,37 @@ def test_spatial_and_sequence_backward_routes_agree(monkeypatch):
     sequence = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
     for name, a, b in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), spatial, sequence):
         assert_close(name, a, b)
+
+
+class _RecordLaunches:
+    """Stands in for a Triton kernel: records each launch's compile-time options, then launches the kernel."""
+
+    def __init__(self, kernel, launches: list):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.launches.append(meta)
+            self.kernel[grid](*args, **meta)
+        return launch
+
+
+@pytest.mark.parametrize('deterministic', [False, True], ids=['default', 'deterministic'])
+def test_deterministic_algorithms_avoid_atomics(deterministic, monkeypatch):
+    """Under torch.use_deterministic_algorithms the scan takes the sequence-layout routes and one dB/dC buffer per row
+    block (no atomics, whose order varies); by default the same call uses the spatial kernels and shared slots."""
+    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
+    launches = []
+    for name in ('_selective_scan_fwd_kernel', '_selective_scan_bwd_kernel'):
+        monkeypatch.setattr(ss, name, _RecordLaunches(getattr(ss, name), launches))
+    inputs = make_spatial_inputs(2, 9, 5, 7, 1)   # L = 35: spatial backward by default; 3 row blocks of 4 rows
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
+                          inputs, torch.float32)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert len(launches) == 2
+    uses_atomics = [meta['SPATIAL'] or meta.get('ATOMIC_BC', False) for meta in launches]
+    assert uses_atomics == ([False, False] if deterministic else [True, True])
