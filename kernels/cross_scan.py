@@ -125,9 +125,10 @@ def _cross_merge_flat_kernel(
     b_2 = tl.load(p_dxs + o_seq + 2 * s_dir + (L - 1 - o_pos), mask=m, other=0.).to(tl.float32)
     b_3 = tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - o_col), mask=m, other=0.).to(tl.float32)
     if PER_DIRECTION:
-        _merge_store(p_dx, o_seq + o_pos, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+        o_out = o_seq + o_pos                               # plane k of [B, 4, C, L] for direction k
     else:
-        _merge_store(p_dx, o, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+        o_out = o
+    _merge_store(p_dx, o_out, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
 
 
 @triton.jit(do_not_specialize=['C', 'H', 'W'])
@@ -164,9 +165,10 @@ def _cross_merge_tile_kernel(
     b_3t = tl.load(p_dxs + o_seq + 3 * s_dir + (L - 1 - (o_w[:, None] * H + o_h[None, :])), mask=m_t, other=0.)
     b_3 = tl.trans(b_3t).to(tl.float32)
     if PER_DIRECTION:
-        _merge_store(p_dx, o_seq + o_row, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+        o_out = o_seq + o_row
     else:
-        _merge_store(p_dx, i_p.to(tl.int64) * L + o_row, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
+        o_out = i_p.to(tl.int64) * L + o_row
+    _merge_store(p_dx, o_out, s_dir, b_0, b_1, b_2, b_3, m, PER_DIRECTION)
 
 
 def _grid(planes: int, height: int, width: int) -> tuple[int, int]:

@@ -22,6 +22,16 @@ from .utils import eager_or_custom_op, input_guard
 SPATIAL_BWD_MAX_LENGTH = 1024
 
 
+def _sequence_layout(x, delta, B, C) -> tuple[torch.Tensor, ...]:
+    """The sequence-layout inputs of the four directions: cross-scanned ``x`` ``[B, 4*D, L]``, and the per-direction
+    orders of ``delta`` ``[B, 4*D, L]``, ``B`` and ``C`` ``[B, 4, N, L]``."""
+    batch, dim, height, width = x.shape
+    rows, length = 4 * dim, height * width
+    return (_cross_scan_fwd(x).view(batch, rows, length),
+            _cross_scan_fwd(delta, per_direction=True).view(batch, rows, length),
+            _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True))
+
+
 @input_guard
 def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t: int,
                               seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,10 +42,9 @@ def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus: 
         return _launch_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
                            (height, width))
     # deterministic: the four directions in the sequence layout, summed by the merge kernel
-    out, hs = _launch_fwd(_cross_scan_fwd(x).view(batch, 4 * dim, length),
-                          _cross_scan_fwd(delta, per_direction=True).view(batch, 4 * dim, length), A,
-                          _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True), D,
-                          delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length, None)
+    xs, delta_s, B_s, C_s = _sequence_layout(x, delta, B, C)
+    out, hs = _launch_fwd(xs, delta_s, A, B_s, C_s, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
+                          length, None)
     return _cross_scan_bwd(out.view(batch, 4, dim, length), height, width), hs
 
 
@@ -49,12 +58,10 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_
         dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
                                                       block_t, seg_chunks, batch, dim, length, (height, width))
         return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
-    # sequence layout: cross-scanned x and dout (the merge's adjoint), per-direction orders of delta, B and C
-    xs = _cross_scan_fwd(x).view(batch, 4 * dim, length)
-    delta_s = _cross_scan_fwd(delta, per_direction=True).view(batch, 4 * dim, length)
+    # sequence layout; dout is cross-scanned like x (the adjoint of the forward's merge)
+    xs, delta_s, B_s, C_s = _sequence_layout(x, delta, B, C)
     dout_s = _cross_scan_fwd(dout).view(batch, 4 * dim, length)
-    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, _cross_scan_fwd(B, per_direction=True),
-                                                  _cross_scan_fwd(C, per_direction=True), D, delta_bias, dout_s, hs,
+    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, B_s, C_s, D, delta_bias, dout_s, hs,
                                                   delta_softplus, block_t, seg_chunks, batch, dim, length, None,
                                                   grad_bc_dtype=torch.float32)
     return (_cross_scan_bwd(du.view(batch, 4, dim, length), height, width),

@@ -10,8 +10,9 @@ The published figures come from fvcore-style jit counting (mmengine's ``FlopAnal
   with ``D`` every row of the scan, i.e. all ``K * d_inner`` rows of the four directions.
 
 The reference selective scan is a prefix scan of ``log2(L)`` rounds of element-wise ops: a generic counter would
-count those internal ops, not the scan. :func:`ss2d_scan_as_unit` therefore swaps every SS2D's ``scan`` (cross-scan, ``x_proj``/``dt_proj``
-projections, selective scan, cross-merge) for one traced op whose handle counts it by the rule above. The
+count those internal ops, not the scan. :func:`ss2d_scan_as_unit` therefore swaps every SS2D's ``scan``
+(cross-scan, ``x_proj``/``dt_proj`` projections, selective scan, cross-merge) for one traced op whose handle counts
+it by the rule above. The
 projections are counted as the grouped 1x1 projections they are (``B*K*L*D*(R+2N)`` and ``B*K*L*R*D``), exactly
 what the counter gives for the official ``conv1d``/``einsum`` forms; cross-scan and cross-merge are copies and
 additions, zero.
