@@ -126,6 +126,9 @@ def main() -> None:
     print('kernel | shape | provider | mode | ms | p20 | p80 | GB/s | % copy | official ms | official/ours')
     ref_providers = [('torch_ref', mk.selective_scan_ref)]
     if not args.skip_compile:
+        # the backward-only timing replays one graph (retain_graph), which buffers donated to the compiled
+        # backward would forbid
+        torch._functorch.config.donated_buffer = False
         ref_providers.append(('torch_compile', torch.compile(mk.selective_scan_ref)))
     # selective scan at the four anchor shapes
     for shape, (batch, dim, height, width) in ({} if args.only_fused else SHAPES).items():

@@ -77,8 +77,9 @@ def test_new_sizes_do_not_recompile():
         mk.cross_merge(y.view(batch, 4, 8, height, width)).sum().backward()
 
     # the variants: L % 16 == 0 or not (and the flat merge's B*C*L), times one chunk per L-segment or several
-    # (PREFETCH), short or long maps (the forward's chunk split), narrow or wide maps (flat or tiled merge)
-    for height, width in [(16, 17), (17, 19), (96, 100), (100, 97), (5, 300), (8, 300)]:
+    # (PREFETCH), short or long maps (the forward's chunk split), narrow or wide maps (flat or tiled merge);
+    # (50, 61) is the short map with L % 16 != 0 and several chunks per segment at batch 1
+    for height, width in [(16, 17), (17, 19), (96, 100), (100, 97), (5, 300), (8, 300), (50, 61)]:
         step(height, width)
     before = [_n_compiled(k) for k in kernels]
     for height, width in [(56, 57), (23, 64), (200, 41), (37, 37), (64, 64), (113, 77), (7, 301), (9, 320)]:

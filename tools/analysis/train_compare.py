@@ -60,7 +60,8 @@ def _seg_dataset(root: str, split: str, pipeline: list, test_mode: bool) -> dict
                 data_prefix=dict(img_path=f'images/{split}', seg_map_path=f'annotations/{split}'))
 
 
-def adapt(cfg: Config, task: str, root: str, iters: int, amp: bool, batch: int, work_dir: Path) -> Config:
+def adapt(cfg: Config, task: str, root: str, iters: int, amp: bool, batch: int, work_dir: Path,
+          workers: int = 2) -> Config:
     """Switch a COCO / ADE20K config to the shapes data, random initialisation and ``iters`` iterations."""
     cfg.work_dir = str(work_dir)
     cfg.model.backbone.init_cfg = None
@@ -80,7 +81,7 @@ def adapt(cfg: Config, task: str, root: str, iters: int, amp: bool, batch: int, 
         val = _seg_dataset(root, 'validation', cfg.test_pipeline, True)
         cfg.val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
     cfg.test_evaluator = cfg.val_evaluator
-    cfg.train_dataloader = dict(batch_size=batch, num_workers=2, persistent_workers=False,
+    cfg.train_dataloader = dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
                                 sampler=dict(type='InfiniteSampler', shuffle=True), dataset=train)
     cfg.val_dataloader = cfg.test_dataloader = dict(batch_size=1, num_workers=2, persistent_workers=False,
                                                     drop_last=False, sampler=dict(type='DefaultSampler',
@@ -112,10 +113,13 @@ def train_one(name: str, cfg: Config, warmup: int) -> dict:
     runner = Runner.from_cfg(cfg)
     runner.train()
     times, losses = _history(runner, 'train/time'), _history(runner, 'train/loss')
+    data_times = _history(runner, 'train/data_time')  # waiting for the data loader, part of `times`
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float('nan')
     metrics = runner.val_loop.run() if runner.val_loop is not None else {}
     steady = times[warmup:] or times
-    return dict(model=name, s_per_iter=round(statistics.median(steady), 4), peak_mib=round(peak),
+    data_wait = data_times[warmup:] or data_times or [float('nan')]
+    return dict(model=name, s_per_iter=round(statistics.median(steady), 4),
+                data_s_per_iter=round(statistics.median(data_wait), 4), peak_mib=round(peak),
                 first_loss=round(losses[0], 4), last_loss=round(statistics.mean(losses[-10:]), 4),
                 nonfinite_losses=sum(not math.isfinite(v) for v in losses),
                 metrics={k: round(float(v), 4) for k, v in metrics.items()})
@@ -131,6 +135,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--warmup-iters', type=int, default=30, help='left out of the median time. Default: 30')
     parser.add_argument('--batch', type=int, default=2, help='images per iteration. Default: 2')
     parser.add_argument('--amp', action='store_true', help='fp16 autocast with a dynamic loss scale')
+    parser.add_argument('--workers', type=int, default=2,
+                        help='data loader processes (the recipes use 2 per GPU). Default: 2')
     parser.add_argument('--data-root', default='data/shapes')
     parser.add_argument('--out-dir', type=Path, default=Path('work_dirs/analysis/train_compare'))
     return parser.parse_args()
@@ -143,7 +149,7 @@ def main() -> None:
     for name in args.models:
         base, backbone_settings = VARIANTS.get(name, (name, {}))
         cfg = adapt(load_config(CONFIGS[args.task][base]), args.task, args.data_root, args.iters, args.amp,
-                    args.batch, args.out_dir / args.task / name)
+                    args.batch, args.out_dir / args.task / name, args.workers)
         cfg.model.backbone.update(backbone_settings)
         cfg.visualizer.name = f'train_compare_{args.task}_{name}'
         rows.append(train_one(name, cfg, args.warmup_iters))
@@ -151,6 +157,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f'{args.task}.json'
     out.write_text(json.dumps(dict(task=args.task, iters=args.iters, amp=args.amp, batch=args.batch,
+                                   workers=args.workers,
                                    gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu',
                                    rows=rows), indent=1))
     print(f'wrote {out}')
