@@ -128,7 +128,7 @@ def main() -> None:
     if not args.skip_compile:
         # the backward-only timing replays one graph (retain_graph), which buffers donated to the compiled
         # backward would forbid
-        torch._functorch.config.donated_buffer = False
+        importlib.import_module('torch._functorch.config').donated_buffer = False
         ref_providers.append(('torch_compile', torch.compile(mk.selective_scan_ref)))
     # selective scan at the four anchor shapes
     for shape, (batch, dim, height, width) in ({} if args.only_fused else SHAPES).items():
