@@ -3,83 +3,125 @@
 The forward is the selective-scan kernel of selective_scan.py run with ``SPATIAL=True``: step ``t`` of direction
 ``k`` reads ``x``, ``delta``, ``B`` and ``C`` at map position ``p = pos_k(t)`` (the cross-scan orders), and the
 output is accumulated over the four directions into the spatial ``[B, D, H, W]`` tensor with fp32 atomics, so the
-``[B, 4, D, L]`` copies are never materialised. The backward does the same (``dx`` by atomics) up to
-``SPATIAL_BWD_MAX_LENGTH``; on longer maps it runs the sequence-layout kernel on cross-scanned copies, which
-measured faster there (docs/benchmarks.md). Under ``torch.use_deterministic_algorithms(True)`` both directions take
-the sequence-layout route, whose sums have a fixed order (the atomics' order varies from run to run).
+``[B, 4, D, L]`` copies are never materialised. The backward does the same (``dx`` by atomics). On long maps each
+direction instead runs the sequence-layout kernel on cross-scanned copies, which measured faster there (the
+spatial kernel's column-order directions read the map with a stride of a row; docs/benchmarks.md): beyond
+``SPATIAL_FWD_MAX_LENGTH`` for the forward, ``SPATIAL_BWD_MAX_LENGTH`` for the backward. With a low-rank ``delta``
+that route copies the low-rank step sizes (``R`` rows, not ``D``) into the scan orders and forms the full ones there.
+Under ``torch.use_deterministic_algorithms(True)`` both directions take the sequence-layout route, whose sums have a
+fixed order (the atomics' order varies from run to run).
 """
 import torch
 import triton
 
 from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
-from .cross_selective_scan_ref import expand_delta
 from .selective_scan import _launch_bwd, _launch_fwd, scan_config
 from .utils import eager_or_custom_op, input_guard
 
 
-# Up to this length the backward also runs the spatial kernel (atomics into dx); beyond it the sequence-layout
-# kernel on cross-scanned copies was faster (measured on an H100, docs/benchmarks.md).
+# Up to these lengths the spatial kernel runs; beyond them, the sequence-layout kernel on cross-scanned copies
+# (measured on an H100, docs/benchmarks.md).
+SPATIAL_FWD_MAX_LENGTH = 8192
 SPATIAL_BWD_MAX_LENGTH = 1024
 
 
-def _sequence_layout(x, delta, B, C) -> tuple[torch.Tensor, ...]:
-    """The sequence-layout inputs of the four directions: cross-scanned ``x`` ``[B, 4*D, L]``, and the per-direction
-    orders of ``delta`` ``[B, 4*D, L]``, ``B`` and ``C`` ``[B, 4, N, L]``."""
+def _sequence_route(length: int, max_spatial_length: int) -> bool:
+    return length > max_spatial_length or torch.are_deterministic_algorithms_enabled()
+
+
+def _expand(dt: torch.Tensor, weight: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Full step sizes ``[B, 4, D, *]`` from low-rank ``dt [B, 4, R, *]`` (``weight [4, D, R]``), in ``dtype``."""
+    if weight is None:
+        return dt
+    return torch.matmul(weight.to(dtype), dt.flatten(3).to(dtype)).unflatten(3, dt.shape[3:])
+
+
+def _sequence_layout(x, delta, B, C, weight, delta_dtype) -> tuple[torch.Tensor, ...]:
+    """The sequence-layout inputs of the four directions: cross-scanned ``x`` ``[B, 4*D, L]``, the per-direction
+    orders of ``delta`` ``[B, 4*D, L]`` (with ``weight``: of the low-rank ``delta``, then expanded), ``B`` and ``C``
+    ``[B, 4, N, L]``; and the low-rank ``delta`` in the scan orders (``None`` without ``weight``)."""
     batch, dim, height, width = x.shape
     rows, length = 4 * dim, height * width
-    return (_cross_scan_fwd(x).view(batch, rows, length),
-            _cross_scan_fwd(delta, per_direction=True).view(batch, rows, length),
-            _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True))
+    dt_s = _cross_scan_fwd(delta, per_direction=True)
+    delta_s = dt_s if weight is None else _expand(dt_s, weight, delta_dtype)
+    return (_cross_scan_fwd(x).view(batch, rows, length), delta_s.view(batch, rows, length),
+            _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True),
+            None if weight is None else dt_s)
+
+
+def _low_rank_grads(ddelta, dt, weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`_expand` for ``ddelta [B, 4, D, *]``: ``(d dt [B, 4, R, *], d weight [4, D, R])``."""
+    flat = ddelta.flatten(3)
+    ddt = torch.matmul(weight.to(ddelta.dtype).transpose(1, 2), flat).unflatten(3, dt.shape[3:])
+    dweight = torch.matmul(flat, dt.flatten(3).to(ddelta.dtype).transpose(2, 3)).sum(0, dtype=torch.float32)
+    return ddt, dweight.to(weight.dtype)
 
 
 @input_guard
-def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t: int,
-                              seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused forward: ``(out [B, D, H, W] fp32, chunk-start states [B*4*D, NCHUNK, N] fp32)``."""
+def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype,
+                              delta_softplus: bool, block_t: int, seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the fused forward: ``(out [B, D, H, W] fp32, chunk-start states [B*4*D, NCHUNK, N] fp32)``.
+
+    With ``delta_proj_weight``, ``delta`` is the low-rank dt and the full step sizes are formed in ``delta_dtype``.
+    """
     batch, dim, height, width = x.shape
     length = height * width
-    if not torch.are_deterministic_algorithms_enabled():
-        return _launch_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
+    if not _sequence_route(length, SPATIAL_FWD_MAX_LENGTH):
+        full = _expand(delta, delta_proj_weight, delta_dtype)
+        return _launch_fwd(x, full, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
                            (height, width))
-    # deterministic: the four directions in the sequence layout, summed by the merge kernel
-    xs, delta_s, B_s, C_s = _sequence_layout(x, delta, B, C)
+    # the four directions in the sequence layout, summed by the merge kernel
+    xs, delta_s, B_s, C_s, _ = _sequence_layout(x, delta, B, C, delta_proj_weight, delta_dtype)
     out, hs = _launch_fwd(xs, delta_s, A, B_s, C_s, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
                           length, None)
     return _cross_scan_bwd(out.view(batch, 4, dim, length), height, width), hs
 
 
 @input_guard
-def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: bool, block_t: int,
-                              seg_chunks: int) -> tuple[torch.Tensor, ...]:
-    """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias)`` in the spatial layout."""
+def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype, dout,
+                              hs, delta_softplus: bool, block_t: int, seg_chunks: int) -> tuple[torch.Tensor, ...]:
+    """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias, ddelta_proj_weight)`` in the spatial
+    layout; ``ddelta`` has ``delta``'s shape (low-rank with ``delta_proj_weight``), and ``ddelta_proj_weight`` is
+    empty without it."""
     batch, dim, height, width = x.shape
     length = height * width
-    if length <= SPATIAL_BWD_MAX_LENGTH and not torch.are_deterministic_algorithms_enabled():
-        dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus,
+    weight = delta_proj_weight
+    if not _sequence_route(length, SPATIAL_BWD_MAX_LENGTH):
+        full = _expand(delta, weight, delta_dtype)
+        dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, full, A, B, C, D, delta_bias, dout, hs, delta_softplus,
                                                       block_t, seg_chunks, batch, dim, length, (height, width))
-        return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb
+        dweight = x.new_empty(0)
+        if weight is not None:
+            ddelta, dweight = _low_rank_grads(ddelta, delta, weight)
+        return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb, dweight
     # sequence layout; dout is cross-scanned like x (the adjoint of the forward's merge)
-    xs, delta_s, B_s, C_s = _sequence_layout(x, delta, B, C)
+    xs, delta_s, B_s, C_s, dt_s = _sequence_layout(x, delta, B, C, weight, delta_dtype)
     dout_s = _cross_scan_fwd(dout).view(batch, 4 * dim, length)
     du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, B_s, C_s, D, delta_bias, dout_s, hs,
                                                   delta_softplus, block_t, seg_chunks, batch, dim, length, None,
                                                   grad_bc_dtype=torch.float32)
+    ddelta = ddelta.view(batch, 4, dim, length)
+    dweight = x.new_empty(0)
+    if weight is not None:  # the low-rank gradients in the scan orders: R rows go back to the map, not D
+        ddelta, dweight = _low_rank_grads(ddelta, dt_s, weight)
     return (_cross_scan_bwd(du.view(batch, 4, dim, length), height, width),
-            _cross_scan_bwd(ddelta.view(batch, 4, dim, length), height, width, per_direction=True), dA,
+            _cross_scan_bwd(ddelta, height, width, per_direction=True), dA,
             _cross_scan_bwd(dB, height, width, per_direction=True, out_dtype=B.dtype),
-            _cross_scan_bwd(dC, height, width, per_direction=True, out_dtype=C.dtype), dD, ddb)
+            _cross_scan_bwd(dC, height, width, per_direction=True, out_dtype=C.dtype), dD, ddb, dweight)
 
 
 @torch.library.custom_op('mmvmamba::cross_selective_scan_fwd', mutates_args=())
 def _cross_selective_scan_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                                  C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                                 delta_proj_weight: torch.Tensor | None, delta_dtype: torch.dtype,
                                  delta_softplus: bool, block_t: int,
                                  seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks)
+    return _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype,
+                                     delta_softplus, block_t, seg_chunks)
 
 
 @_cross_selective_scan_fwd_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
+def _(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, delta_softplus, block_t, seg_chunks):
     batch, dim, height, width = x.shape
     out = x.new_empty(batch, dim, height, width, dtype=torch.float32)
     hs = x.new_empty(batch * 4 * dim, triton.cdiv(height * width, block_t), A.shape[1], dtype=torch.float32)
@@ -89,57 +131,59 @@ def _(x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks):
 @torch.library.custom_op('mmvmamba::cross_selective_scan_bwd', mutates_args=())
 def _cross_selective_scan_bwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                                  C: torch.Tensor, D: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                                 delta_proj_weight: torch.Tensor | None, delta_dtype: torch.dtype,
                                  dout: torch.Tensor, hs: torch.Tensor, delta_softplus: bool, block_t: int,
                                  seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                           torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t,
-                                     seg_chunks)
+                                                           torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, dout, hs,
+                                     delta_softplus, block_t, seg_chunks)
 
 
 @_cross_selective_scan_bwd_op.register_fake
-def _(x, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus, block_t, seg_chunks):
+def _(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, dout, hs, delta_softplus, block_t,
+      seg_chunks):
     rows = A.shape[0]
     f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(x), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(B),
+    # the low-rank ddelta comes from a matmul in the full step sizes' dtype
+    ddelta = torch.empty_like(delta) if delta_proj_weight is None else delta.new_empty(delta.shape, dtype=delta_dtype)
+    return (torch.empty_like(x), ddelta, torch.empty_like(A), torch.empty_like(B),
             torch.empty_like(C), x.new_empty(rows, **(f32 if D is None else dict(dtype=D.dtype))),
-            x.new_empty(rows, **(f32 if delta_bias is None else dict(dtype=delta_bias.dtype))))
+            x.new_empty(rows, **(f32 if delta_bias is None else dict(dtype=delta_bias.dtype))),
+            x.new_empty(0) if delta_proj_weight is None else torch.empty_like(delta_proj_weight))
 
 
 _fused_fwd = eager_or_custom_op('cross_selective_scan_fwd', _cross_selective_scan_fwd)
 _fused_bwd = eager_or_custom_op('cross_selective_scan_bwd', _cross_selective_scan_bwd)
 
 
-def _low_rank_grads(ddelta, dt, weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`expand_delta` for ``ddelta [B, 4, D, H, W]``: ``(d dt, d weight)``."""
-    ddelta = ddelta.flatten(3)
-    ddt = torch.matmul(weight.to(ddelta.dtype).transpose(1, 2), ddelta).unflatten(3, dt.shape[3:])
-    dweight = torch.matmul(ddelta, dt.flatten(3).transpose(2, 3)).sum(0, dtype=torch.float32)
-    return ddt, dweight.to(weight.dtype)
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul of ``t`` gets here: autocast's where it is on for ``t``'s device, else ``t``'s own."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
 
 
 class CrossSelectiveScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, delta, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, delta_proj_weight):
-        # Low-rank delta: the full step sizes (4x the size of x) are formed here and again in the backward, not kept.
-        full = delta if delta_proj_weight is None else expand_delta(delta, delta_proj_weight)
-        out, hs = _fused_fwd(x, full, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks)
+        # Low-rank delta: the full step sizes (4x the size of x) are formed inside, in the dtype autocast gives the
+        # projection, and again in the backward (which runs without autocast); they are never kept.
+        delta_dtype = delta.dtype if delta_proj_weight is None else _autocast_dtype(delta)
+        out, hs = _fused_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, delta_softplus,
+                             block_t, seg_chunks)
         ctx.save_for_backward(x, delta, A, B, C, D, delta_bias, hs, delta_proj_weight)
         ctx.delta_softplus, ctx.block_t, ctx.seg_chunks = delta_softplus, block_t, seg_chunks
-        ctx.full_dtype = full.dtype  # autocast may have chosen it in the forward; the backward runs without autocast
+        ctx.delta_dtype = delta_dtype
         return out
 
     @staticmethod
     def backward(ctx, dout):
         x, delta, A, B, C, D, delta_bias, hs, weight = ctx.saved_tensors
-        full = delta if weight is None else expand_delta(delta, weight).to(ctx.full_dtype)
-        dx, ddelta, dA, dB, dC, dD, ddb = _fused_bwd(
-            x, full, A, B, C, D, delta_bias, dout, hs, ctx.delta_softplus, ctx.block_t, ctx.seg_chunks)
-        dweight = None
-        if weight is not None:
-            ddelta, dweight = _low_rank_grads(ddelta, delta, weight)
+        dx, ddelta, dA, dB, dC, dD, ddb, dweight = _fused_bwd(
+            x, delta, A, B, C, D, delta_bias, weight, ctx.delta_dtype, dout, hs, ctx.delta_softplus, ctx.block_t,
+            ctx.seg_chunks)
         return (dx, ddelta, dA, dB, dC, dD if D is not None else None, ddb if delta_bias is not None else None,
-                None, None, None, dweight)
+                None, None, None, dweight if weight is not None else None)
 
 
 def cross_selective_scan(x: torch.Tensor,

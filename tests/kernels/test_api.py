@@ -90,10 +90,28 @@ def test_opcheck_custom_ops():
                           args[:7] + (torch.randn_like(out), hs) + args[7:])
     torch.library.opcheck(torch.ops.mmvmamba.selective_scan_fwd.default,
                           args[:5] + (None, None) + args[7:])
+    _opcheck_fused_ops()
     x2d, weight, bias = torch.randn(6, 5, device=DEVICE), torch.randn(5, device=DEVICE), torch.randn(5, device=DEVICE)
     torch.library.opcheck(torch.ops.mmvmamba.layer_norm_fwd.default, (x2d, weight, bias, 1e-5, torch.bfloat16))
     _, mean, rstd = torch.ops.mmvmamba.layer_norm_fwd(x2d, weight, bias, 1e-5, torch.bfloat16)
     torch.library.opcheck(torch.ops.mmvmamba.layer_norm_bwd.default, (x2d, weight, torch.randn_like(x2d), mean, rstd))
+
+
+def _opcheck_fused_ops():
+    """The fused scan's ops, with full and low-rank step sizes (fake shapes and dtypes against the launchers)."""
+    batch, dim, height, width, rank = 1, 3, 5, 7, 2
+    x = torch.randn(batch, dim, height, width, device=DEVICE)
+    A = -torch.rand(4 * dim, 1, device=DEVICE) - 0.5
+    B, C = (torch.randn(batch, 4, 1, height, width, device=DEVICE) for _ in range(2))
+    D, bias = torch.randn(4 * dim, device=DEVICE), torch.randn(4 * dim, device=DEVICE)
+    for delta, weight in ((torch.randn(batch, 4, dim, height, width, device=DEVICE), None),
+                          (torch.randn(batch, 4, rank, height, width, device=DEVICE),
+                           torch.randn(4, dim, rank, device=DEVICE))):
+        args = (x, delta, A, B, C, D, bias, weight, torch.bfloat16 if weight is not None else delta.dtype)
+        torch.library.opcheck(torch.ops.mmvmamba.cross_selective_scan_fwd.default, args + (True, 16, 2))
+        out, hs = torch.ops.mmvmamba.cross_selective_scan_fwd(*args, True, 16, 2)
+        torch.library.opcheck(torch.ops.mmvmamba.cross_selective_scan_bwd.default,
+                              args + (torch.randn_like(out), hs, True, 16, 2))
 
 
 def test_compile_fullgraph_through_the_custom_ops():

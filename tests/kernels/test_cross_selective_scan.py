@@ -52,12 +52,21 @@ def test_cross_selective_scan(batch, dim, height, width, d_state, dtype):
                       inputs, dtype)
 
 
+# spatial kernels both ways; the sequence-layout backward only (as on mid-length maps); sequence layout both ways
+ROUTES = {'spatial': {}, 'sequence-bwd': dict(SPATIAL_BWD_MAX_LENGTH=0),
+          'sequence': dict(SPATIAL_BWD_MAX_LENGTH=0, SPATIAL_FWD_MAX_LENGTH=0)}
+
+
+def _route(monkeypatch, route: str) -> None:
+    for name, value in ROUTES[route].items():
+        monkeypatch.setattr(css, name, value)
+
+
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d)[6:])
-@pytest.mark.parametrize('route', ['spatial', 'sequence'])
+@pytest.mark.parametrize('route', list(ROUTES))
 def test_cross_selective_scan_low_rank_delta(route, dtype, monkeypatch):
     """delta_proj_weight: the step sizes formed inside from the low-rank dt (forward and again in the backward)."""
-    if route == 'sequence':
-        monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    _route(monkeypatch, route)
     batch, dim, height, width, rank = 2, 5, 6, 7, 3
     inputs = make_spatial_inputs(batch, dim, height, width, 1)
     inputs['delta'] = torch.randn(batch, 4, rank, height, width, device=DEVICE)
@@ -65,6 +74,20 @@ def test_cross_selective_scan_low_rank_delta(route, dtype, monkeypatch):
     inputs['delta_bias'] = inputs['delta_bias'] - 1.0
     check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
                       inputs, dtype)
+
+
+@pytest.mark.parametrize('d_state', [1, 2])
+def test_cross_selective_scan_sequence_route(d_state, monkeypatch):
+    """Maps longer than SPATIAL_FWD_MAX_LENGTH run forward and backward through cross-scanned copies."""
+    _route(monkeypatch, 'sequence')
+    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
+    launches = []
+    for name in ('_selective_scan_fwd_kernel', '_selective_scan_bwd_kernel'):
+        monkeypatch.setattr(ss, name, _RecordLaunches(getattr(ss, name), launches))
+    inputs = make_spatial_inputs(2, 3, 7, 5, d_state)
+    check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
+                      inputs, torch.float32)
+    assert [meta['SPATIAL'] for meta in launches] == [False, False]
 
 
 def test_low_rank_delta_shape_errors():
@@ -99,22 +122,33 @@ def test_cross_selective_scan_ref_matches_its_definition():
 
 def test_cross_selective_scan_sequence_route_backward(monkeypatch):
     """Maps longer than SPATIAL_BWD_MAX_LENGTH run the backward through cross-scanned copies."""
-    monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    _route(monkeypatch, 'sequence-bwd')
     inputs = make_spatial_inputs(2, 3, 7, 5, 1)
     check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
                       inputs, torch.float32)
 
 
-def test_spatial_and_sequence_backward_routes_agree(monkeypatch):
+@pytest.mark.parametrize('low_rank', [False, True], ids=['full-delta', 'low-rank'])
+def test_spatial_and_sequence_routes_agree(low_rank, monkeypatch):
+    """The launchers of both routes give the same forward and the same gradients, the low-rank ones included."""
     s = make_spatial_inputs(2, 3, 6, 7, 2)
-    args = [s[k] for k in ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
+    weight = 0.3 * torch.randn(4, 3, 2, device=DEVICE) if low_rank else None
+    if low_rank:
+        s['delta'] = torch.randn(2, 4, 2, 6, 7, device=DEVICE)
+    args = [s[k] for k in ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')] + [weight, torch.float32]
     out, hs = css._cross_selective_scan_fwd(*args, True, 16, 2)
     dout = torch.randn_like(out)
     spatial = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
-    monkeypatch.setattr(css, 'SPATIAL_BWD_MAX_LENGTH', 0)
+    _route(monkeypatch, 'sequence')
+    out_seq, hs_seq = css._cross_selective_scan_fwd(*args, True, 16, 2)
+    assert_close('out', out_seq, out)
+    assert_close('hs', hs_seq, hs)
     sequence = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
-    for name, a, b in zip(('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias'), spatial, sequence):
+    names = ('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias', 'ddelta_proj_weight')
+    for name, a, b in zip(names, spatial, sequence, strict=True):
+        assert a.shape == b.shape, name
         assert_close(name, a, b)
+    assert spatial[-1].shape == (weight.shape if low_rank else (0, ))
 
 
 class _RecordLaunches:
