@@ -187,12 +187,26 @@ def main() -> None:
                                    C.view(batch, 4, 1, -1), D, delta_bias)
             return mk.cross_merge(ys.view(batch, 4, dim, height, width))
 
+        # as in the model: low-rank step sizes (dt_rank = ceil(dim / 16)) expanded by dt_proj's weight; the unfused
+        # pipeline gets dt in the scan orders, as the official x_proj on cross-scanned copies produces it
+        rank = -(-dim // 16)
+        dt = (0.5 * torch.randn(batch, 4, rank, height * width, device='cuda')).bfloat16().requires_grad_()
+        weight = (torch.randn(4, dim, rank, device='cuda') / rank**0.5).requires_grad_()
+        low_rank = dict(sp, delta=dt.detach().unflatten(3, (height, width)).requires_grad_(), delta_proj_weight=weight)
+
+        def unfused_low_rank(x, delta, A, B, C, D, delta_bias, delta_proj_weight):
+            full = torch.matmul(delta_proj_weight.to(delta.dtype), delta.flatten(3))
+            return unfused(x, full.unflatten(3, (height, width)), A, B, C, D, delta_bias)
+
         n = batch * dim * height * width
         fused_bytes = dict(fwd=n * (2 + 4 * 2 + 4), bwd=n * (2 + 4 * 2 + 4 + 2 + 4 * 2), fwd_bwd=None)
-        for provider, fn in (('triton_fused', mk.cross_selective_scan), ('triton_unfused', unfused)):
-            for mode, t in modes(fn, sp).items():
-                record('ss2d_scan_stage', shape, provider, mode, t, fused_bytes[mode] or 0)
-        del s, sp, x
+        for provider, fn, args in (('triton_fused', mk.cross_selective_scan, sp), ('triton_unfused', unfused, sp),
+                                   ('triton_fused_low_rank', mk.cross_selective_scan, low_rank),
+                                   ('triton_unfused_low_rank', unfused_low_rank, dict(low_rank, delta=dt))):
+            for mode, t in modes(fn, args).items():  # GB/s only for the full step sizes the byte count assumes
+                record('ss2d_scan_stage', shape, provider, mode, t,
+                       0 if 'low_rank' in provider else fused_bytes[mode] or 0)
+        del s, sp, x, low_rank, dt
         torch.cuda.empty_cache()
 
     if args.csv:
