@@ -67,7 +67,9 @@ def _low_rank_grads(ddelta, dt, weight) -> tuple[torch.Tensor, torch.Tensor]:
     flat = ddelta.flatten(3)
     ddt = torch.matmul(_pad_rank(weight.to(ddelta.dtype), -1).transpose(1, 2), flat)[:, :, :rank]
     dweight = torch.matmul(flat, _pad_rank(dt.flatten(3).to(ddelta.dtype), -2).transpose(2, 3))
-    return ddt.unflatten(3, dt.shape[3:]), dweight.sum(0, dtype=torch.float32)[..., :rank].to(weight.dtype)
+    # contiguous, as the custom op's fake implementation promises
+    return (ddt.unflatten(3, dt.shape[3:]).contiguous(),
+            dweight.sum(0, dtype=torch.float32)[..., :rank].to(weight.dtype).contiguous())
 
 
 @input_guard

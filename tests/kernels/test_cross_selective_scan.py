@@ -147,6 +147,7 @@ def test_spatial_and_sequence_routes_agree(low_rank, monkeypatch):
     names = ('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias', 'ddelta_proj_weight')
     for name, a, b in zip(names, spatial, sequence, strict=True):
         assert a.shape == b.shape, name
+        assert a.is_contiguous() and b.is_contiguous(), f'{name}: the custom op promises contiguous gradients'
         assert_close(name, a, b)
     assert spatial[-1].shape == (weight.shape if low_rank else (0, ))
 
