@@ -1,4 +1,4 @@
-"""Whole-model speed and memory of VMamba on a GPU, measured the way ../shared/spec/anchors.md measures the official one.
+"""Whole-model speed and memory of VMamba on a GPU, measured the way ../shared/spec/anchors.md measures the official.
 
     python tools/benchmark_backbone.py                       # every case of the anchors table
     python tools/benchmark_backbone.py --cases cls-tiny dense-coco --dtype bf16
