@@ -200,10 +200,11 @@ def main() -> None:
 
         n = batch * dim * height * width
         fused_bytes = dict(fwd=n * (2 + 4 * 2 + 4), bwd=n * (2 + 4 * 2 + 4 + 2 + 4 * 2), fwd_bwd=None)
-        for provider, fn, args in (('triton_fused', mk.cross_selective_scan, sp), ('triton_unfused', unfused, sp),
-                                   ('triton_fused_low_rank', mk.cross_selective_scan, low_rank),
-                                   ('triton_unfused_low_rank', unfused_low_rank, dict(low_rank, delta=dt))):
-            for mode, t in modes(fn, args).items():  # GB/s only for the full step sizes the byte count assumes
+        for provider, fn, fn_inputs in (('triton_fused', mk.cross_selective_scan, sp),
+                                        ('triton_unfused', unfused, sp),
+                                        ('triton_fused_low_rank', mk.cross_selective_scan, low_rank),
+                                        ('triton_unfused_low_rank', unfused_low_rank, dict(low_rank, delta=dt))):
+            for mode, t in modes(fn, fn_inputs).items():  # GB/s only for the full step sizes the byte count assumes
                 record('ss2d_scan_stage', shape, provider, mode, t,
                        0 if 'low_rank' in provider else fused_bytes[mode] or 0)
         del s, sp, x, low_rank, dt
