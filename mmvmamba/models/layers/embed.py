@@ -32,7 +32,7 @@ def overlap_stem(in_channels: int, dim: int, patch_size: int, channel_first: boo
     return nn.Sequential(
         nn.Conv2d(in_channels, dim // 2, kernel, stride=stride, padding=1),
         to_channel_last(channel_first),
-        norm_layer(dim // 2, channel_first, cast_to_autocast=True),
+        norm_layer(dim // 2, channel_first),  # fp32 under autocast: the GELU runs in fp32, as in the official model
         to_channel_first(channel_first),
         nn.GELU(),
         nn.Conv2d(dim // 2, dim, kernel, stride=stride, padding=1),
@@ -61,7 +61,7 @@ class PatchMerging2D(nn.Module):
     def __init__(self, dim: int, out_dim: int, channel_first: bool = False):
         super().__init__()
         self.channel_first = channel_first
-        self.norm = norm_layer(4 * dim, channel_first, cast_to_autocast=True)
+        self.norm = norm_layer(4 * dim, channel_first, output='autocast')
         self.reduction = linear_layer(4 * dim, out_dim, bias=False, channel_first=channel_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,25 +13,36 @@ from mmvmamba_kernels import layer_norm
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last dimension with fp32 statistics (eps 1e-5 like the official models).
 
+    Its output dtype is an explicit policy. Outside autocast it is the input's dtype. Under autocast (any device):
+
+    * ``'fp32'``: fp32, what ``nn.LayerNorm`` returns under CUDA autocast. The norms that start a residual stream
+      (stems, downsamplers) and the ``outnorm*`` use it, so the blocks' inputs and outputs have the official models'
+      dtype.
+    * ``'autocast'``: the autocast dtype, for norms whose output only feeds a matmul (which would cast it anyway):
+      it writes half the bytes.
+
     Args:
         channels: Size of the last dimension.
-        cast_to_autocast: Under autocast, return the autocast dtype instead of fp32. Set it for norms whose output
-            only feeds a matmul (which would cast it anyway); the norms that start a residual stream keep fp32.
-            Default: False.
+        output: ``'fp32'`` or ``'autocast'``, see above. Default: ``'fp32'``.
     """
 
-    def __init__(self, channels: int, cast_to_autocast: bool = False):
+    OUTPUTS = ('fp32', 'autocast')
+
+    def __init__(self, channels: int, output: str = 'fp32'):
         super().__init__(channels)
-        self.cast_to_autocast = cast_to_autocast
+        if output not in self.OUTPUTS:
+            raise ValueError(f'LayerNorm output must be one of {self.OUTPUTS}, got {output!r}')
+        self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out_dtype = None
-        if self.cast_to_autocast and torch.is_autocast_enabled(x.device.type):
-            out_dtype = torch.get_autocast_dtype(x.device.type)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            out_dtype = torch.get_autocast_dtype(device) if self.output == 'autocast' else torch.float32
         return layer_norm(x, self.weight, self.bias, self.eps, out_dtype)
 
     def extra_repr(self) -> str:
-        return f'{super().extra_repr()}, cast_to_autocast={self.cast_to_autocast}'
+        return f'{super().extra_repr()}, output={self.output}'
 
 
 class LayerNorm2d(LayerNorm):
@@ -78,9 +89,9 @@ TO_CHANNEL_LAST = (0, 2, 3, 1)
 TO_CHANNEL_FIRST = (0, 3, 1, 2)
 
 
-def norm_layer(channels: int, channel_first: bool, cast_to_autocast: bool = False) -> nn.Module:
-    """LayerNorm over channels for the given layout (see :class:`LayerNorm` for ``cast_to_autocast``)."""
-    return (LayerNorm2d if channel_first else LayerNorm)(channels, cast_to_autocast)
+def norm_layer(channels: int, channel_first: bool, output: str = 'fp32') -> nn.Module:
+    """LayerNorm over channels for the given layout (see :class:`LayerNorm` for ``output``)."""
+    return (LayerNorm2d if channel_first else LayerNorm)(channels, output)
 
 
 def linear_layer(in_features: int, out_features: int, bias: bool, channel_first: bool) -> nn.Module:

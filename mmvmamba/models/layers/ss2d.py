@@ -60,7 +60,7 @@ class SS2D(nn.Module):
         self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
         self.Ds = nn.Parameter(torch.empty(k * d_inner))
         # The gate multiplies the normed output in fp32 (as the official v0); without it, it goes straight to out_proj.
-        self.out_norm = norm_layer(d_inner, channel_first, cast_to_autocast=not gate)
+        self.out_norm = norm_layer(d_inner, channel_first, output='fp32' if gate else 'autocast')
         self.out_proj = linear_layer(d_inner, dim, bias=False, channel_first=channel_first)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_ssm_parameters()

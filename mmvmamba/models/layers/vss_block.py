@@ -41,11 +41,11 @@ class VSSBlock(nn.Module):
                  channel_first: bool = False,
                  **ssm_kwargs):
         super().__init__()
-        self.norm = norm_layer(dim, channel_first, cast_to_autocast=True)
+        self.norm = norm_layer(dim, channel_first, output='autocast')
         self.op = SS2D(dim, channel_first=channel_first, **ssm_kwargs)
         self.drop_path = DropPath(drop_path)
         if mlp_ratio > 0:
-            self.norm2 = norm_layer(dim, channel_first, cast_to_autocast=True)
+            self.norm2 = norm_layer(dim, channel_first, output='autocast')
             self.mlp = Mlp(dim, int(dim * mlp_ratio), mlp_dropout, channel_first)
         else:
             self.norm2 = self.mlp = None
