@@ -2,9 +2,10 @@
 
 This module is the one place that picks an implementation. Each public function takes ``use_triton``:
 ``None`` picks the Triton kernel for CUDA tensors (when Triton is installed) and the pure-PyTorch reference
-otherwise; ``True`` forces the Triton kernel (CPU tensors too, under ``TRITON_INTERPRET=1`` set before Triton is
-imported); ``False`` forces the reference. Unsupported dtypes, devices, ranks or shapes raise TypeError/ValueError: the
-arguments are checked here, once, for both paths (the Triton modules' functions take checked arguments).
+otherwise, and for ``layer_norm`` while ``torch.compile`` traces (see there); ``True`` forces the Triton kernel (CPU
+tensors too, under ``TRITON_INTERPRET=1`` set before Triton is imported); ``False`` forces the reference.
+Unsupported dtypes, devices, ranks or shapes raise TypeError/ValueError: the arguments are checked here, once, for
+both paths (the Triton modules' functions take checked arguments).
 """
 import torch
 
@@ -15,14 +16,18 @@ from .layer_norm_ref import layer_norm_ref
 from .utils import SUPPORTED_DTYPES, check_cross_selective_scan_args, check_selective_scan_args, check_tensor
 
 try:
+    import triton  # noqa: F401  (only Triton's absence turns the kernels off; our own modules' errors surface)
+    HAS_TRITON = True
+except ImportError:
+    HAS_TRITON = False
+
+if HAS_TRITON:
     from . import cross_scan as _cross_scan_triton
     from . import cross_selective_scan as _cross_selective_scan_triton
     from . import layer_norm as _layer_norm_triton
     from . import selective_scan as _selective_scan_triton
-    HAS_TRITON = True
-except ImportError:
+else:
     _cross_scan_triton = _cross_selective_scan_triton = _selective_scan_triton = _layer_norm_triton = None
-    HAS_TRITON = False
 
 __all__ = [
     'cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'cross_scan_ref', 'cross_merge_ref',
@@ -176,6 +181,8 @@ def layer_norm(x: torch.Tensor,
     check_tensor('bias', bias, (channels, ), device=x.device)
     if out_dtype is not None and out_dtype not in SUPPORTED_DTYPES:
         raise TypeError(f'out_dtype must be one of {SUPPORTED_DTYPES}, got {out_dtype}')
-    if _want_triton(use_triton, x):
+    # Under torch.compile the default is the reference: Inductor generates the norm itself and fuses it with the
+    # casts, permutes and residual adds around it, which an opaque kernel would keep apart.
+    if not (use_triton is None and torch.compiler.is_compiling()) and _want_triton(use_triton, x):
         return _layer_norm_triton.layer_norm(x, weight, bias, eps, out_dtype)
     return layer_norm_ref(x, weight, bias, eps, out_dtype)

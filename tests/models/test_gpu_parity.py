@@ -29,12 +29,14 @@ def _model(fixture, device='cuda'):
     # no stochastic depth, so that training-mode runs on two devices compute the same function
     model = MODELS.build(dict(type='MM_VSSM', **{**fixture['config'], 'drop_path_rate': 0.0}))
     model.load_state_dict(fixture['state_dict'], strict=True)
+    # eager: these check the kernels against the fixtures; test_gpu_compiled.py checks compiled against eager
+    model.compiled_forward.setting = False
     return model.to(device).eval()
 
 
 @pytest.mark.parametrize('dtype', [None, torch.float16, torch.bfloat16], ids=['fp32', 'fp16', 'bf16'])
 @pytest.mark.parametrize('path', _variants(), ids=lambda p: p.stem)
-def test_fixture_on_gpu(path, dtype, no_tf32):
+def test_fixture_on_gpu(path, dtype, no_tf32, scan_launches):
     fixture = torch.load(path, weights_only=True)
     model = _model(fixture)
     for key_in, key_out in (('input', 'outputs'), ('input_odd', 'outputs_odd')):
@@ -49,6 +51,7 @@ def test_fixture_on_gpu(path, dtype, no_tf32):
             else:
                 rel = ((out - ref).abs().max() / ref.abs().max()).item()
                 assert rel <= AUTOCAST_TOLERANCE[dtype], f'{key_in} stage {stage}: {rel:.3g}'
+    assert scan_launches, 'the Triton scan never ran'
 
 
 def test_gpu_training_step_matches_the_cpu_reference(no_tf32):
