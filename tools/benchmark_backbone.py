@@ -3,12 +3,20 @@
     python tools/benchmark_backbone.py                       # every case of the anchors table
     python tools/benchmark_backbone.py --cases cls-tiny dense-coco --dtype bf16
     python tools/benchmark_backbone.py --stability-steps 1000  # dense fp16 training with a GradScaler: NaN/inf check
+    python tools/benchmark_backbone.py --keep-ratio 2000       # COCO keep-ratio shapes: the real detection workload
 
 Cases: ``cls-{tiny,small,base}``: the classification-shaped model (backbone, LayerNorm, average pool, 1000-way
 linear head) at 224x224, batch 128; ``dense-coco``: VMamba-T backbone (4 outputs) on 2x3x800x1333; ``dense-ade``:
 8x3x512x512. Each is timed for inference (``torch.no_grad``) and forward+backward (no optimizer) with CUDA events
 after warm-up; the median of ``--iters`` runs is reported with peak memory. Settings as the official throughput
 script: cudnn.benchmark on, TF32 for convolutions on, TF32 for matmul off, autocast in ``--dtype``.
+
+``--keep-ratio N`` instead trains the dense VMamba-T backbone (fwd+bwd, fp16 autocast as mmdet trains) over a seeded
+stream of N COCO-like batch shapes (``mmvmamba.analysis.coco_sizes``: batches of 2 resized to fit 1333x800 and padded
+to multiples of 32), each batch of a new random input, after a per-process warm-up on shapes outside the stream
+(reported apart: it holds the compile). It prints the mean ms/step over the whole stream including every one-off
+cost, first-sight and repeat means, the compiles during the stream, peak memory, and for the 40 distinct shapes of
+anchors.md a first and a second (steady-state) pass with GPU-busy time, host-issue time and kernels per step.
 """
 import argparse
 import json
@@ -23,6 +31,7 @@ import torch.nn as nn
 from torch.autograd import DeviceType
 
 from mmvmamba import VMamba
+from mmvmamba.analysis.coco_sizes import batch_shapes, distinct_batch_shapes
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 CASES = {
@@ -40,18 +49,30 @@ class Classifier(nn.Module):
     The backbone's ``outnorm3`` plays the official ``classifier.norm`` (a LayerNorm over the last stage's channels).
     """
 
-    def __init__(self, arch: str, num_classes: int = 1000, cuda_graph: bool = False):
+    def __init__(self, arch: str, num_classes: int = 1000, **backbone_options):
         super().__init__()
-        self.backbone = VMamba(arch=arch, out_indices=(3, ), cuda_graph=cuda_graph)
+        self.backbone = VMamba(arch=arch, out_indices=(3, ), **backbone_options)
         self.head = nn.Linear(self.backbone.dims[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x)[0].mean((2, 3)))
 
 
-def build(case: dict, cuda_graph: bool = False) -> nn.Module:
-    model = Classifier(case['arch'], cuda_graph=cuda_graph) if case['classifier'] else VMamba(
-        arch=case['arch'], cuda_graph=cuda_graph)
+# How the backbone runs: eager, compiled (the default on CUDA), compiled with CUDA graph trees, or our graph cache.
+VARIANTS = {
+    'eager': dict(compile=False),
+    'compiled': dict(compile=True),
+    'compiled-reduce-overhead': dict(compile=True, compile_mode='reduce-overhead'),
+    'graphed': dict(compile=False, cuda_graph=True),
+}
+
+
+def build(case: dict, variant: str = 'eager') -> nn.Module:
+    options = dict(VARIANTS[variant])
+    mode = options.pop('compile_mode', None)
+    model = Classifier(case['arch'], **options) if case['classifier'] else VMamba(arch=case['arch'], **options)
+    backbone = model.backbone if case['classifier'] else model
+    backbone.compiled_forward.mode = mode
     return model.cuda()
 
 
@@ -114,11 +135,10 @@ def make_step(runner, x: torch.Tensor, mode: str, dtype: torch.dtype, autocast_c
     return step
 
 
-def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_model: bool,
-            cuda_graph: bool = False, graphed_backbone: bool = False) -> list[dict]:
+def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, variant: str,
+            cuda_graph: bool = False) -> list[dict]:
     case = CASES[name]
-    model = build(case, cuda_graph=graphed_backbone)
-    runner = torch.compile(model) if compile_model else model
+    model = build(case, variant)
     x = torch.randn(case['shape'], device='cuda')
     batch = case['shape'][0]
     rows = []
@@ -127,19 +147,91 @@ def measure(name: str, dtype: torch.dtype, warmup: int, iters: int, compile_mode
         model.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        step = make_step(runner, x, mode, dtype)
+        step = make_step(model, x, mode, dtype)
         ms = time_ms(step, warmup, iters)
-        rows.append(dict(case=name, mode=mode, dtype=str(dtype).removeprefix('torch.'), compiled=compile_model,
-                         graphed_backbone=graphed_backbone,
+        rows.append(dict(case=name, mode=mode, dtype=str(dtype).removeprefix('torch.'), variant=variant,
                          shape=list(case['shape']), ms=round(ms, 3), img_per_s=round(batch * 1000 / ms, 1),
                          peak_mib=round(torch.cuda.max_memory_allocated() / 2**20),
                          host_issue_ms=round(host_issue_ms(step), 3)))
-        if cuda_graph and not compile_model and not graphed_backbone:
+        if cuda_graph and variant == 'eager':
             # autocast's weight-cast cache cannot outlive a capture (torch.cuda.make_graphed_callables' rule)
             rows[-1]['cuda_graph_ms'] = round(graph_ms(make_step(model, x, mode, dtype, False), iters), 3)
         print(json.dumps(rows[-1]), flush=True)
-    del model, runner
+    del model
     return rows
+
+
+def kernel_profile(step, steps: int) -> tuple[float, float]:
+    """(GPU-busy ms, kernels) per call of ``step``, from the profiler's kernel records over ``steps`` calls."""
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    return (sum(e.self_device_time_total for e in events) / 1e3 / steps, sum(e.count for e in events) / steps)
+
+
+def keep_ratio(batches: int, variant: str, dtype: torch.dtype, seed: int = 0) -> dict:
+    """Dense VMamba-T fwd+bwd over a stream of COCO keep-ratio batch shapes (see the module docstring)."""
+    model = build(CASES['dense-coco'], variant).train()
+    generator = torch.Generator(device='cuda').manual_seed(seed)
+
+    def train_step(hw):
+        x = torch.randn((2, 3, *hw), device='cuda', generator=generator)
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            outs = model(x)
+        loss_of(outs).backward()
+        model.zero_grad(set_to_none=True)
+
+    def timed(hw) -> float:
+        start = time.perf_counter()
+        train_step(hw)
+        torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - start)
+
+    stream = [hw for hw, _ in zip(batch_shapes(seed), range(batches))]
+    listed = distinct_batch_shapes(40, seed)
+    outside = [hw for hw in ((768, 1024), (1024, 768), (896, 896), (704, 1280), (1312, 704)) if hw not in stream]
+    compiled = model.compiled_forward
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for hw in outside[:3]:
+        train_step(hw)
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - start
+    warm_compiles, warm_compile_s = compiled.compiles, compiled.compile_seconds
+    torch.cuda.reset_peak_memory_stats()
+
+    seen, first, repeat = set(), [], []
+    start = time.perf_counter()
+    for hw in stream:
+        (repeat if hw in seen else first).append(timed(hw))
+        seen.add(hw)
+    stream_s = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20
+
+    first_pass = [timed(hw) for hw in listed]  # shapes the stream saw already, except those it never drew
+    steady = [timed(hw) for hw in listed]
+    common = max(set(stream), key=stream.count)
+    host = host_issue_ms(lambda: train_step(common))
+    shapes = iter(listed * 2)
+    gpu_ms, kernels = kernel_profile(lambda: train_step(next(shapes)), 10)
+    row = dict(case='keep-ratio', variant=variant, dtype=str(dtype).removeprefix('torch.'), batches=batches, seed=seed,
+               distinct_shapes=len(seen), warmup_s=round(warmup_s, 1), warmup_compiles=warm_compiles,
+               warmup_compile_s=round(warm_compile_s, 1),
+               stream_mean_ms=round(1e3 * stream_s / batches, 2),
+               stream_first_sight_ms=round(statistics.mean(first), 2),
+               stream_repeat_ms=round(statistics.mean(repeat), 2) if repeat else None,
+               stream_compiles=compiled.compiles - warm_compiles,
+               stream_compile_s=round(compiled.compile_seconds - warm_compile_s, 1),
+               stream_peak_mib=round(peak),
+               list40_first_pass_ms=round(statistics.mean(first_pass), 2),
+               list40_steady_ms=round(statistics.mean(steady), 2),
+               list40_gpu_busy_ms=round(gpu_ms, 2), list40_kernels_per_step=round(kernels),
+               host_issue_ms=round(host, 2), host_issue_shape=list(common))
+    print(json.dumps(row), flush=True)
+    return row
 
 
 def profile(name: str, dtype: torch.dtype, mode: str, rows: int = 25) -> None:
@@ -209,14 +301,18 @@ def settings(commit: str | None) -> dict:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--cases', nargs='+', choices=sorted(CASES), default=list(CASES))
-    parser.add_argument('--dtype', nargs='+', choices=sorted(DTYPES), default=['bf16'])
+    parser.add_argument('--dtype', nargs='+', choices=sorted(DTYPES))
     parser.add_argument('--warmup', type=int, default=10)
     parser.add_argument('--iters', type=int, default=30)
-    parser.add_argument('--compile', action='store_true', help='also time torch.compile of the model')
+    parser.add_argument('--variants', nargs='+', choices=sorted(VARIANTS), default=['eager'],
+                        help='how the backbone runs: eager, compiled (torch.compile, dynamic H/W: the default on '
+                        'CUDA), compiled-reduce-overhead (with CUDA graph trees), graphed (cuda_graph=True)')
     parser.add_argument('--cuda-graph', action='store_true',
-                        help='also time each step replayed from a CUDA graph (its GPU time without host overhead)')
-    parser.add_argument('--graphed-backbone', action='store_true',
-                        help='also time the backbone built with cuda_graph=True (replays after the warm-up)')
+                        help='also time each eager step replayed from a CUDA graph (its GPU time without host overhead)')
+    parser.add_argument('--keep-ratio', type=int, default=0, metavar='N',
+                        help='time the keep-ratio stream of N COCO-like batches instead (fp16 unless --dtype is given)')
+    parser.add_argument('--cudnn-benchmark', choices=['on', 'off'], default='on',
+                        help="cuDNN's autotuner: on as the official throughput script, off as mmdet's default")
     parser.add_argument('--stability-steps', type=int, default=0, help='run this many fp16 training steps instead')
     parser.add_argument('--profile', choices=['infer', 'train'], help='print a kernel profile of each case instead')
     parser.add_argument('--out', type=Path, help='write the rows as JSON here')
@@ -228,21 +324,23 @@ def main() -> None:
     args = parse_args()
     if not torch.cuda.is_available():
         sys.exit('benchmark_backbone.py needs a CUDA GPU')
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == 'on'
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cuda.matmul.allow_tf32 = False
     info = settings(args.commit)
     print(json.dumps(info), flush=True)
+    dtypes = args.dtype or (['fp16'] if args.keep_ratio else ['bf16'])
     if args.profile:
         for name in args.cases:
-            profile(name, DTYPES[args.dtype[0]], args.profile)
+            profile(name, DTYPES[dtypes[0]], args.profile)
         return
     if args.stability_steps:
         rows = [stability(args.stability_steps)]
+    elif args.keep_ratio:
+        rows = [keep_ratio(args.keep_ratio, variant, DTYPES[dtype]) for dtype in dtypes for variant in args.variants]
     else:
-        variants = [(False, False)] + [(True, False)] * args.compile + [(False, True)] * args.graphed_backbone
-        rows = [row for name in args.cases for dtype in args.dtype for compiled, graphed in variants
-                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, compiled, args.cuda_graph, graphed)]
+        rows = [row for name in args.cases for dtype in dtypes for variant in args.variants
+                for row in measure(name, DTYPES[dtype], args.warmup, args.iters, variant, args.cuda_graph)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(dict(settings=info, rows=rows), indent=1))
