@@ -17,6 +17,7 @@ from mmvmamba.registry import MODELS
 from ..layers.embed import PatchMerging2D, conv_downsample, overlap_stem, patch_stem
 from ..layers.layout import norm_layer
 from ..layers.vss_block import VSSBlock
+from .compiled_forward import CompiledForward
 from .cuda_graph import CudaGraphCache
 from .vmamba_arch import resolve_arch
 
@@ -53,6 +54,11 @@ class VMamba(BaseModule):
         frozen_stages: Freeze the stem (0) and stages up to this index + 1 (parameters and train mode);
             -1 freezes nothing. Default: -1.
         with_cp: Gradient checkpointing of every block. Default: False.
+        compile: Run the forward (and so the backward) through ``torch.compile`` with dynamic height and width
+            (see :mod:`.compiled_forward`), for inputs whose H and W are multiples of 32: ``'auto'`` does it for
+            CUDA inputs where Inductor works (Triton installed) and runs eagerly elsewhere (CPU); ``True`` requires
+            it; ``False`` never compiles. Off by default until its speed and its recompiles are measured on the
+            GPU (docs/benchmarks.md). ``'auto'`` stays eager with ``with_cp`` or ``cuda_graph``. Default: False.
         cuda_graph: Replay the forward and backward of input shapes that repeat from CUDA graphs (see
             :mod:`.cuda_graph`): for fixed-size inputs such as segmentation crops, where the eager step waits on the
             host. A shape is captured on its third call; call backward once per training forward. Default: False.
@@ -75,6 +81,7 @@ class VMamba(BaseModule):
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  frozen_stages: int = -1,
                  with_cp: bool = False,
+                 compile: bool | str = False,
                  cuda_graph: bool = False,
                  dt_rank: int | None = None,
                  conv_size: int = 3,
@@ -136,6 +143,9 @@ class VMamba(BaseModule):
             raise ValueError('cuda_graph and with_cp cannot be combined: checkpointing recomputes the forward '
                              'inside the backward, which a captured backward cannot do')
         self.cuda_graphs = CudaGraphCache() if cuda_graph else None
+        if compile is True and (with_cp or cuda_graph):
+            raise ValueError('compile=True cannot be combined with with_cp or cuda_graph; pass compile="auto" or False')
+        self.compiled_forward = CompiledForward(False if with_cp or cuda_graph else compile)
 
     @property
     def with_cp(self) -> bool:
@@ -146,7 +156,7 @@ class VMamba(BaseModule):
         self._check_input(x)
         if self.cuda_graphs is not None:
             return self.cuda_graphs(self, self._forward_features, x)
-        return self._forward_features(x)
+        return self.compiled_forward(self._forward_features, x)
 
     def _forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # Channel-first models keep their [B, C, H, W] maps stored channels-last from the stem's first norm on
