@@ -193,7 +193,15 @@ def test_unknown_keyword_raises():
     (dict(downsample_version='v3', patchembed_version='v7'), 'patchembed_version'),
     (dict(downsample_version='v3', gmlp=True), 'gmlp'),
     (dict(downsample_version='v3', colour='red'), "unknown arguments \\['colour'\\]"),
+    # without Swin leftovers an init_cfg is the user's own: it cannot be combined with pretrained
+    (dict(downsample_version='v3', pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth')),
+     'either pretrained .* or init_cfg'),
 ])
 def test_official_kwargs_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MMDET_MODELS.build(dict(type='MM_VSSM', **kwargs))
+
+
+def test_official_pretrained_must_be_a_path():
+    with pytest.raises(TypeError, match='pretrained must be a checkpoint path'):
+        MMDET_MODELS.build(dict(type='MM_VSSM', downsample_version='v3', pretrained=123))

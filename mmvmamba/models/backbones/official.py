@@ -3,7 +3,18 @@
 The official configs (``type='MM_VSSM'`` with the official keyword names) then run unchanged after adding
 ``custom_imports=dict(imports=['mmvmamba'])``. Each official keyword is translated into our explicit options;
 values that no released model uses are refused with the supported ones listed.
+
+The official configs inherit a stock Swin config (``swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py``,
+``swin/swin-{tiny,small,base}-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py``) and replace the
+backbone's ``type`` without ``_delete_``, so the backbone dict still holds the Swin arguments those bases set. The
+official ``MM_VSSM`` swallows them unread, Swin's ``init_cfg`` included, and loads ``pretrained=PATH`` itself.
+Here they are accepted and ignored with one warning that names them, and ``pretrained`` is loaded by our strict
+loader (see :func:`translate_official_kwargs`).
 """
+import logging
+import os
+
+from mmengine.logging import print_log
 from mmengine.registry import MODELS as MMENGINE_MODELS
 
 from .vmamba import VMamba
@@ -23,6 +34,20 @@ OFFICIAL_DEFAULTS = dict(patch_size=4, in_chans=3, depths=(2, 2, 9, 2), dims=96,
                          mlp_ratio=4.0, mlp_drop_rate=0.0, drop_path_rate=0.1, norm_layer='ln',
                          downsample_version='v2', patchembed_version='v1', use_checkpoint=False, imgsize=224,
                          out_indices=(0, 1, 2, 3), pretrained=None)
+# Arguments of mmdet's and mmseg's SwinTransformer that the stock Swin base configs set, that are not official
+# keywords and mean nothing to VMamba: ignored. The Swin arguments those bases share with the official keywords (depths,
+# mlp_ratio, drop_path_rate, patch_norm, patch_size, out_indices) are the official ones: the official configs set
+# dims/depths/mlp_ratio themselves, and the vanilla ones inherit Swin's drop_path_rate as the official code does.
+SWIN_IGNORED_KWARGS = frozenset({
+    # mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_{1x,ms-crop-3x}_coco.py
+    'embed_dims', 'num_heads', 'window_size', 'qkv_bias', 'qk_scale', 'drop_rate', 'attn_drop_rate',
+    'convert_weights',
+    # mmseg::_base_/models/upernet_swin.py, under mmseg::swin/swin-*-patch4-window7-in1k-pre_upernet_*.py
+    'pretrain_img_size', 'strides', 'use_abs_pos_embed', 'act_cfg', 'norm_cfg',
+})
+# mmdet's gradient-checkpointing switch (Swin's with_cp=False is in every stock base): honoured, like use_checkpoint.
+SWIN_WITH_CP = 'with_cp'
+KNOWN_KWARGS = frozenset(OFFICIAL_DEFAULTS) | frozenset(FIXED_KWARGS) | SWIN_IGNORED_KWARGS | {SWIN_WITH_CP, 'init_cfg'}
 
 
 def _lookup(table: dict, name: str, value):
@@ -31,24 +56,56 @@ def _lookup(table: dict, name: str, value):
     return table[value]
 
 
+def _backbone_init_cfg(kwargs: dict, swin_leftovers: list[str]) -> dict | None:
+    """The ``init_cfg`` our :class:`VMamba` loads with, from ``pretrained`` and ``init_cfg``.
+
+    ``pretrained`` (the official way) becomes ``dict(type='Pretrained', checkpoint=pretrained)``, so it is loaded by
+    ``VMamba.init_weights`` with our strict loader, as mmdet's Swin turns its deprecated ``pretrained`` into an
+    ``init_cfg``; empty or None loads nothing. An ``init_cfg`` that comes with Swin leftovers is the Swin base's
+    (a Swin checkpoint) and is dropped; without them it is the user's own and is kept.
+    """
+    pretrained = kwargs.get('pretrained')
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(f'MM_VSSM: pretrained must be a checkpoint path, empty or None, got {pretrained!r}')
+    init_cfg = None if swin_leftovers else kwargs.get('init_cfg')
+    if not pretrained:
+        return init_cfg
+    if init_cfg is not None:
+        raise ValueError(f'MM_VSSM: give either pretrained ({pretrained!r}) or init_cfg ({init_cfg!r}), not both')
+    return dict(type='Pretrained', checkpoint=os.fspath(pretrained))
+
+
 def translate_official_kwargs(**kwargs) -> dict:
-    """Official ``Backbone_VSSM`` keyword arguments -> :class:`VMamba` keyword arguments."""
-    unknown = sorted(set(kwargs) - set(OFFICIAL_DEFAULTS) - set(FIXED_KWARGS) - {'init_cfg'})
+    """Official ``MM_VSSM`` keyword arguments -> :class:`VMamba` keyword arguments.
+
+    Accepted besides the official keywords (``OFFICIAL_DEFAULTS``, ``FIXED_KWARGS``):
+
+    * ``SWIN_IGNORED_KWARGS``, the Swin arguments that an official config inherits from its stock Swin base, and
+      then also that base's ``init_cfg``: ignored, with one warning naming them (the official code swallows them).
+    * ``with_cp`` (every Swin base sets it, mmdet's usual switch): gradient checkpointing of every block when it or
+      the official ``use_checkpoint`` is true. It only trades compute for memory, so honouring it never changes
+      results, and a user who sets ``model.backbone.with_cp=True`` gets what they asked for.
+    * ``init_cfg`` without Swin leftovers: our ``init_cfg`` (e.g. ``dict(type='Pretrained', checkpoint=PATH)``).
+
+    ``pretrained=PATH`` is loaded by ``init_weights`` (which mmengine's runner calls before training) with the strict
+    loader that ``init_cfg`` uses, not at construction as in the official code; ``''`` and None load nothing.
+    mmseg's ``EncoderDecoder`` hands its own ``pretrained`` down only when the backbone's is None (the official
+    configs set ``''``, so set ``model.backbone.pretrained``). Any other unknown keyword is an error that lists them.
+    """
+    unknown = sorted(set(kwargs) - KNOWN_KWARGS)
     if unknown:
-        raise ValueError(f'MM_VSSM: unknown arguments {unknown}; '
-                         f'known: {sorted(set(OFFICIAL_DEFAULTS) | set(FIXED_KWARGS) | {"init_cfg"})}')
+        raise ValueError(f'MM_VSSM: unknown arguments {unknown}; known: official {sorted(OFFICIAL_DEFAULTS)} and '
+                         f'{sorted(FIXED_KWARGS)}, init_cfg, with_cp, and the Swin arguments the stock Swin base '
+                         f'configs leave behind (ignored) {sorted(SWIN_IGNORED_KWARGS)}')
     for name, value in FIXED_KWARGS.items():
         if kwargs.get(name, value) != value:
             raise ValueError(f'MM_VSSM: {name}={kwargs[name]!r} is not supported; only {value!r} is')
-    official = {**OFFICIAL_DEFAULTS, **{k: v for k, v in kwargs.items() if k not in FIXED_KWARGS}}
+    swin_leftovers = sorted(set(kwargs) & SWIN_IGNORED_KWARGS)
+    init_cfg = _backbone_init_cfg(kwargs, swin_leftovers)
+    official = {**OFFICIAL_DEFAULTS, **{k: v for k, v in kwargs.items() if k in OFFICIAL_DEFAULTS}}
     if official['ssm_conv'] < 2:
         raise ValueError(f"MM_VSSM: ssm_conv={official['ssm_conv']} (no convolution) is not supported")
 
-    init_cfg = official.get('init_cfg')
-    if official['pretrained']:
-        if init_cfg is not None:
-            raise ValueError('MM_VSSM: give either pretrained or init_cfg, not both')
-        init_cfg = dict(type='Pretrained', checkpoint=official['pretrained'])
     dt_rank = official['ssm_dt_rank']
     arch = dict(
         dims=official['dims'],
@@ -63,12 +120,19 @@ def translate_official_kwargs(**kwargs) -> dict:
         channel_first=_lookup(NORM_LAYER_CHANNEL_FIRST, 'norm_layer', official['norm_layer']),
         drop_path_rate=official['drop_path_rate'],
     )
+    if swin_leftovers:
+        message = (f'MM_VSSM: ignoring the Swin arguments {swin_leftovers} that the Swin base config leaves in the '
+                   'backbone dict')
+        if kwargs.get('init_cfg') is not None:
+            message += (f" and its init_cfg {kwargs['init_cfg']!r}; such a config loads backbone weights from "
+                        'pretrained=PATH (to use init_cfg, replace the backbone dict with _delete_=True)')
+        print_log(message, logger='current', level=logging.WARNING)
     return dict(
         arch=arch,
         in_channels=official['in_chans'],
         patch_size=official['patch_size'],
         out_indices=tuple(official['out_indices']),
-        with_cp=official['use_checkpoint'],
+        with_cp=bool(official['use_checkpoint'] or kwargs.get(SWIN_WITH_CP, False)),
         dt_rank=None if dt_rank == 'auto' else int(dt_rank),
         conv_size=official['ssm_conv'],
         ssm_dropout=official['ssm_drop_rate'],
