@@ -16,6 +16,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmvmamba.checkpoint import register_checkpoint_safe_globals
 from mmvmamba.engine.config_utils import check_data_paths, enable_visualization, load_tool_config, task_of
 
 
@@ -58,6 +59,9 @@ def main() -> None:
         cfg.test_evaluator['keep_results'] = True
 
     check_data_paths(cfg, ('test_dataloader', ))
+    # mmengine loads the checkpoint with torch.load's weights_only=True default: allow the checked types that its own
+    # checkpoints pickle (see mmvmamba/checkpoint/safe_load.py).
+    register_checkpoint_safe_globals()
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     if args.out is not None and task == 'det':
         from mmdet.evaluation import DumpDetResults

@@ -13,6 +13,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmvmamba.checkpoint import register_checkpoint_safe_globals
 from mmvmamba.engine.config_utils import check_data_paths, load_tool_config, use_amp
 
 
@@ -53,6 +54,9 @@ def main() -> None:
         cfg.load_from = args.resume
 
     check_data_paths(cfg, ('train_dataloader', 'val_dataloader'))
+    # mmengine loads load_from/--resume checkpoints with torch.load's weights_only=True default: allow the checked
+    # types that its own checkpoints pickle (see mmvmamba/checkpoint/safe_load.py).
+    register_checkpoint_safe_globals()
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     runner.train()
 

@@ -1,8 +1,8 @@
 from .convert import convert_vmamba_official
 from .load import load_backbone_checkpoint, load_backbone_state_dict
-from .safe_load import PickledConfig, register_checkpoint_safe_globals, safe_load
+from .safe_load import CheckedArray, PickledConfig, register_checkpoint_safe_globals, safe_load
 
 __all__ = [
-    'convert_vmamba_official', 'load_backbone_checkpoint', 'load_backbone_state_dict', 'PickledConfig',
-    'register_checkpoint_safe_globals', 'safe_load'
+    'CheckedArray', 'convert_vmamba_official', 'load_backbone_checkpoint', 'load_backbone_state_dict',
+    'PickledConfig', 'register_checkpoint_safe_globals', 'safe_load'
 ]

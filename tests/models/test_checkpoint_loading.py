@@ -3,7 +3,10 @@ import pickle
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -13,7 +16,7 @@ from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
 
 from mmvmamba import VMamba
-from mmvmamba.checkpoint import convert_vmamba_official, safe_load
+from mmvmamba.checkpoint import convert_vmamba_official, register_checkpoint_safe_globals, safe_load
 from tests.paths import REPO_ROOT, fixtures_dir
 
 SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
@@ -220,9 +223,26 @@ def _runner(work_dir, max_iters, **kwargs):
         **kwargs)
 
 
-def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path):
+@pytest.fixture
+def allow_list():
+    """mmvmamba's allow-list registered process-wide (as tools/train.py and tools/test.py do) for one test; torch's
+    allow-list is restored afterwards."""
+    before = torch.serialization.get_safe_globals()
+    register_checkpoint_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+
+
+def _pickle_of(path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(next(name for name in archive.namelist() if name.endswith('/data.pkl')))
+
+
+def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path, allow_list):
     _runner(tmp_path, max_iters=2).train()
     path = tmp_path / 'iter_2.pth'
+    assert b'numpy' in _pickle_of(path) and b'HistoryBuffer' in _pickle_of(path)
     registered = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     try:  # without mmvmamba's allow-list, torch refuses the file mmengine just wrote
@@ -236,11 +256,72 @@ def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path):
     resumed = _runner(tmp_path, max_iters=4, resume=True)
     resumed.train()
     assert resumed.iter == 4
+    # The message hub's arrays came back as CheckedArray; the resumed run's checkpoint pickles plain numpy arrays,
+    # so it reads anywhere without mmvmamba, and again through the checks.
+    assert b'mmvmamba' not in _pickle_of(tmp_path / 'iter_4.pth')
+    hub = safe_load(tmp_path / 'iter_4.pth')['message_hub']
+    losses = hub['log_scalars']['train/loss']
+    assert isinstance(losses._log_history, np.ndarray) and losses._log_history.dtype == np.float64
+    assert len(losses._log_history) == 4 and np.isfinite(losses.mean())
 
 
 def test_safe_load_keeps_the_process_wide_allow_list(tmp_path):
     path = tmp_path / 'plain.pth'
     torch.save({'model': _model().state_dict()}, path)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     safe_load(path)
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_import_leaves_torch_allow_list_alone():
+    """Importing mmvmamba (what custom_imports does) changes nothing in torch; registering is an explicit call."""
+    code = ('import torch; import mmvmamba; from mmvmamba.checkpoint.safe_load import checkpoint_safe_globals; '
+            'ours = checkpoint_safe_globals(); registered = torch.serialization.get_safe_globals(); '
+            'assert not [item for item in registered if item in ours or "numpy" in repr(item)], registered; '
+            'mmvmamba.checkpoint.register_checkpoint_safe_globals(); '
+            'assert all(item in torch.serialization.get_safe_globals() for item in ours), "not registered"')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_registering_is_idempotent(allow_list):
+    once = set(torch.serialization.get_safe_globals())
+    register_checkpoint_safe_globals()
+    assert set(torch.serialization.get_safe_globals()) == once
+
+
+def test_registering_refuses_numpy_registered_without_checks(allow_list):
+    torch.serialization.add_safe_globals([np.ndarray])
+    with pytest.raises(RuntimeError, match=r"numpy types without checks .*numpy\.ndarray"):
+        register_checkpoint_safe_globals()
+
+
+# ---- numpy values: every numeric dtype loads as numpy itself unpickles it, and pickles again as a plain ndarray ----
+
+
+@pytest.mark.parametrize('dtype', ['bool', 'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64',
+                                   'float16', 'float32', 'float64', '>f8', '>i4', 'complex64', 'complex128'])
+def test_numeric_numpy_arrays_and_scalars_load_as_numpy_loads_them(tmp_path, dtype):
+    """The reference is numpy's own unpickling (which, e.g., turns big-endian data into native order)."""
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((3, 5)) * 100).astype(dtype)
+    values = {'array': array, 'fortran': np.asfortranarray(array), 'strided': array[:, ::2], 'empty': array[:0],
+              'zero_d': np.array(array[1, 2]), 'scalar': array[1, 2]}
+    path = tmp_path / 'numpy.pth'
+    torch.save({'meta': values}, path)
+    loaded = safe_load(path)['meta']
+    for name, value in values.items():
+        got, expected = loaded[name], pickle.loads(pickle.dumps(value, protocol=2))
+        if name == 'scalar':
+            assert type(got) is type(expected) and got.tobytes() == expected.tobytes(), name
+            continue
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype and got.shape == expected.shape, name
+        assert got.flags.f_contiguous == expected.flags.f_contiguous and got.tobytes() == expected.tobytes(), name
+        assert b'mmvmamba' not in pickle.dumps(got, protocol=2) and b'mmvmamba' not in pickle.dumps(got, protocol=5)
+        assert type(pickle.loads(pickle.dumps(got))) is np.ndarray
+
+
+def test_numpy_arrays_cannot_be_constructed_from_a_file():
+    from mmvmamba.checkpoint import CheckedArray
+    with pytest.raises(pickle.UnpicklingError, match='numpy.ndarray'):
+        CheckedArray((1, ), 'O', b'AAAAAAAA')
