@@ -4,7 +4,8 @@
     bash tools/dist_train.sh CONFIG GPUS [same options]
 
 The config's ``default_scope`` (mmdet or mmseg) decides which library's registries the runner uses. mmdet's and
-mmseg's own ``tools/train.py`` run the same configs; this one adds an early check of the data paths.
+mmseg's own ``tools/train.py`` run the same configs; this one adds early checks of the data paths and of the
+``load_from`` checkpoint (an empty, truncated or text file is named as such).
 """
 import argparse
 import os
@@ -13,7 +14,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmvmamba.checkpoint import register_checkpoint_safe_globals
+from mmvmamba.checkpoint import check_checkpoint_file, register_checkpoint_safe_globals
 from mmvmamba.engine.config_utils import check_data_paths, load_tool_config, use_amp
 
 
@@ -53,6 +54,8 @@ def main() -> None:
         cfg.resume = True
         cfg.load_from = args.resume
 
+    if cfg.get('load_from') and not cfg.get('resume') and '://' not in str(cfg.load_from):
+        check_checkpoint_file(cfg.load_from)
     check_data_paths(cfg, ('train_dataloader', 'val_dataloader'))
     # mmengine loads load_from/--resume checkpoints with torch.load's weights_only=True default: allow the checked
     # types that its own checkpoints pickle (see mmvmamba/checkpoint/safe_load.py).

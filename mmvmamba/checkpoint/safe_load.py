@@ -16,7 +16,7 @@ build an object array over forged pointer bytes, which crashes the process (SIGS
 (bool, integers, floats, complex; no objects, no structured or sub-array dtypes) and raw data of exactly the
 declared size; arrays come back as :class:`CheckedArray`, an ``ndarray`` subclass that pickles again as a plain
 ``numpy.ndarray``. Anything else in a file is refused with an error that names the type; we never fall back to
-``weights_only=False``.
+``weights_only=False``. Only the zip format of torch >= 1.6 is read (see :func:`.files.check_checkpoint_file`).
 
 When the allow-list is active: importing mmvmamba changes nothing in torch. :func:`safe_load` (the backbone's
 ``init_cfg``, ``tools/convert_official_ckpt.py``) enables it for its own ``torch.load`` only. mmengine's
@@ -35,6 +35,8 @@ from os import PathLike
 import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
+
+from .files import check_checkpoint_file
 
 
 class PickledConfig:
@@ -231,9 +233,11 @@ def safe_load(path: str | PathLike, map_location: str | torch.device | None = 'c
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        CheckpointFileError: ``path`` is empty, a text file, in the legacy format, truncated or corrupted.
         ValueError: the file holds a pickled type outside the allow-list or a refused numpy array (named in the
             message).
     """
+    check_checkpoint_file(path)
     # The context manager un-registers what it added on exit: add only what is not registered process-wide already.
     try:
         with torch.serialization.safe_globals(_missing_safe_globals()):

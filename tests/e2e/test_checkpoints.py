@@ -1,6 +1,6 @@
 """Checkpoints through the tools: an mmdet-format checkpoint made from the parity fixture evaluates through
-tools/test.py (and draws PNGs); a checkpoint for another variant, a crafted file, a wrong neck, missing data and a
-missing pretrained file each fail early with a message that says what to fix."""
+tools/test.py (and draws PNGs); a checkpoint for another variant, a file that is no checkpoint, a crafted file, a
+wrong neck, missing data and a missing pretrained file each fail early with a message that says what to fix."""
 import json
 import types
 from collections import OrderedDict
@@ -57,6 +57,15 @@ def test_checkpoint_of_another_variant_is_refused(fixture_det, data_cwd):
     assert 'the checkpoint does not fit this model' in proc.stderr
     assert 'shape mismatches' in proc.stderr and 'backbone.patch_embed.0.weight' in proc.stderr
     assert 'coco/bbox_mAP' not in proc.stdout + proc.stderr
+
+
+def test_test_py_names_a_file_that_is_not_a_checkpoint(tmp_path):
+    text = tmp_path / 'model.pth'
+    text.write_text('<html>404 Not Found</html>\n')
+    proc = run_tool([TOOLS / 'test.py', DEMO_DET_CONFIG, text], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert f"CheckpointFileError: checkpoint '{text}' is not in PyTorch's zip checkpoint format: it is a text file" \
+        in proc.stderr
 
 
 class _Reduce:

@@ -108,6 +108,7 @@ def test_a_checkpoint_of_another_variant_lists_the_mismatches(tmp_path):
         _load_via_init_cfg(path)
     assert 'layers.0.blocks.0.op.in_proj.weight' in str(err.value)
     assert 'layers.0.blocks.0.mlp.fc1.weight' in str(err.value)  # missing: vanilla has no MLP
+    assert any(str(path) in note for note in err.value.__notes__)
 
 
 @pytest.mark.parametrize('change', ['missing', 'unexpected'])
@@ -325,3 +326,48 @@ def test_numpy_arrays_cannot_be_constructed_from_a_file():
     from mmvmamba.checkpoint import CheckedArray
     with pytest.raises(pickle.UnpicklingError, match='numpy.ndarray'):
         CheckedArray((1, ), 'O', b'AAAAAAAA')
+
+
+# ---- files that are not complete checkpoints: the error names the file and what is wrong ----
+
+
+def _write_bad_file(tmp_path, kind: str) -> Path:
+    path = tmp_path / f'{kind}.pth'
+    if kind == 'text':
+        path.write_text('epoch 3, loss 0.25\n')
+    elif kind == 'html':
+        path.write_text('<!DOCTYPE html><html><body>Not Found</body></html>')
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated':
+        torch.save({'model': _model().state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == 'bit-flip':
+        torch.save({'model': _model().state_dict()}, path)
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:  # flip one byte inside the largest tensor record
+            info = max(archive.infolist(), key=lambda info: info.file_size)
+        data[info.header_offset + 200] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == 'legacy':
+        torch.save({'model': _model().state_dict()}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+BAD_FILES = {
+    'text': 'is a text file',
+    'html': 'is a text file',
+    'empty': r'is empty \(0 bytes\)',
+    'truncated': 'is truncated or corrupted',
+    'bit-flip': r'is truncated or corrupted \(record .* does not match its stored checksum',
+    'legacy': r'legacy format of torch < 1\.6',
+}
+
+
+@pytest.mark.parametrize('kind', list(BAD_FILES))
+def test_a_file_that_is_not_a_complete_checkpoint_is_named(tmp_path, kind):
+    path = _write_bad_file(tmp_path, kind)
+    for load in (safe_load, _load_via_init_cfg):
+        with pytest.raises(ValueError, match=BAD_FILES[kind]) as err:
+            load(path)
+        assert str(path) in str(err.value)
