@@ -133,6 +133,33 @@ def test_outnorms_of_unused_stages_are_not_an_error(tmp_path):
     model.init_weights()
 
 
+@pytest.mark.parametrize('order', ['pretrained-first', 'pretrained-last'])
+def test_list_init_cfg_applies_the_other_entries_then_loads_the_checkpoint(tmp_path, order):
+    """mmengine's list form: the checkpoint is loaded after the other entries, whatever their order."""
+    source = _model()
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in source.state_dict().items()}}, path)
+    entries = [dict(type='Pretrained', checkpoint=str(path)), dict(type='Constant', layer='Conv2d', val=0.5, bias=0.)]
+    model = _model(init_cfg=entries if order == 'pretrained-first' else entries[::-1])
+    model.init_weights()
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(_outputs(source, x), _outputs(model.eval(), x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_list_init_cfg_without_a_checkpoint_is_mmengine_s():
+    model = _model(init_cfg=[dict(type='Constant', layer='Conv2d', val=0.5, bias=0.)])
+    model.init_weights()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(bool((m.weight == 0.5).all()) for m in convs)
+
+
+def test_list_init_cfg_with_two_checkpoints_raises(tmp_path):
+    entry = dict(type='Pretrained', checkpoint=str(tmp_path / 'a.pth'))
+    with pytest.raises(ValueError, match='2 Pretrained entries'):
+        _model(init_cfg=[entry, entry]).init_weights()
+
+
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         _load_via_init_cfg(tmp_path / 'nope.pth')
