@@ -1,5 +1,6 @@
 """Checkpoint loading: official formats, the allow-listed unpickler, refusals, and mmengine's own checkpoints."""
 import pickle
+import runpy
 import subprocess
 import sys
 import types
@@ -17,7 +18,10 @@ from torch.utils.data import Dataset
 
 from mmvmamba import VMamba
 from mmvmamba.checkpoint import convert_vmamba_official, register_checkpoint_safe_globals, safe_load
+from mmvmamba.models.backbones import translate_official_kwargs
 from tests.paths import REPO_ROOT, fixtures_dir
+
+PARITY_TOLERANCE = 5e-5  # as tests/models/test_parity.py: official fp32 reruns differ by <= 9e-6
 
 SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
 
@@ -191,18 +195,52 @@ def test_conversion_is_idempotent_and_unwraps_module_prefix():
     assert list(once) == list(twice) == list(_model().state_dict())
 
 
-def test_converter_tool(tmp_path):
-    source = _model()
-    src, dst = tmp_path / 'cls.pth', tmp_path / 'out' / 'vmamba.pth'
-    torch.save({'model': _classification_state(source), 'epoch': 1}, src)
-    tool = [sys.executable, str(REPO_ROOT / 'tools' / 'convert_official_ckpt.py'), str(src), str(dst)]
-    subprocess.run(tool, check=True, capture_output=True)
+def _convert_with_tool(src: Path, dst: Path, *options: str) -> None:
+    """tools/convert_official_ckpt.py SRC DST, run as a script in this process."""
+    argv = sys.argv
+    sys.argv = [str(REPO_ROOT / 'tools' / 'convert_official_ckpt.py'), str(src), str(dst), *options]
+    try:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+    finally:
+        sys.argv = argv
+
+
+@pytest.mark.parametrize('checkpoint, expected', [
+    ('a_tiny_s1l8_ln2d_cls_ckpt.pt', 'a_tiny_s1l8_ln2d_cls_ckpt_expected.pt'),
+    ('c_vanilla_v0_ln_cls_legacy_ckpt.pt', 'c_vanilla_v0_ln_cls_legacy_ckpt_expected.pt'),
+    ('a_tiny_s1l8_ln2d_det_ckpt.pt', 'a_tiny_s1l8_ln2d.pt'),
+], ids=['classification', 'legacy-names', 'mmdet'])
+def test_converter_tool_output_loads_strictly_and_reproduces_the_official_outputs(tmp_path, checkpoint, expected):
+    """The converted file holds exactly the backbone's tensors (a classification file has no out-norms, which the
+    backbone then keeps at weight 1 / bias 0, as the official loader does), and the official outputs follow."""
+    dst = tmp_path / 'out' / 'vmamba.pth'
+    _convert_with_tool(fixtures_dir() / checkpoint, dst)
     state = torch.load(dst, weights_only=True)
-    assert not any(k.startswith('classifier') for k in state)
-    reloaded = _model()
-    reloaded.load_state_dict(state, strict=False)
-    result = subprocess.run(tool, capture_output=True, text=True)  # never overwrites without --force
-    assert result.returncode != 0 and 'exists' in result.stderr
+    reference = torch.load(fixtures_dir() / expected, weights_only=True)
+    model = VMamba(**translate_official_kwargs(**reference['config'])).eval()
+    outnorms = {key for key in model.state_dict() if key.startswith('outnorm')}
+    if checkpoint.endswith('_det_ckpt.pt'):
+        model.load_state_dict(state, strict=True)
+    else:
+        assert set(model.state_dict()) - set(state) == outnorms and set(state) <= set(model.state_dict())
+        model.load_state_dict({**{key: model.state_dict()[key] for key in outnorms}, **state}, strict=True)
+    with torch.no_grad():
+        for key_in, key_out in (('input', 'outputs'), ('input_odd', 'outputs_odd')):
+            for stage, (out, ref) in enumerate(zip(model(reference[key_in]), reference[key_out], strict=True)):
+                err = (out - ref).abs().max().item()
+                assert err <= PARITY_TOLERANCE, f'{key_in} stage {stage}: max abs diff {err:.3g}'
+
+
+def test_converter_tool_never_overwrites(tmp_path):
+    src, dst = tmp_path / 'cls.pth', tmp_path / 'vmamba.pth'
+    torch.save({'model': _classification_state(_model())}, src)
+    dst.write_bytes(b'keep me')
+    with pytest.raises(SystemExit, match='exists; pass --force'):
+        _convert_with_tool(src, dst)
+    assert dst.read_bytes() == b'keep me'
+    _convert_with_tool(src, dst, '--force')
+    assert set(torch.load(dst, weights_only=True)) == set(_model().state_dict()) - {
+        f'outnorm{i}.{name}' for i in range(4) for name in ('weight', 'bias')}
 
 
 def test_released_det_fixture_converts_to_the_variant_state_dict():
