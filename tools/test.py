@@ -6,7 +6,8 @@
 The config's ``default_scope`` (mmdet or mmseg) decides which library's registries the runner uses. With
 ``--show-dir`` the predictions are drawn on the images and saved as image files under that folder. ``--tta``
 evaluates with the config's ``tta_model`` and ``tta_pipeline`` (the multi-scale + flip mIoU(MS) of the UperNet
-configs). mmdet's and mmseg's own ``tools/test.py`` run the same configs and checkpoints.
+configs). mmdet's and mmseg's own ``tools/test.py`` run the same configs and checkpoints. The checkpoint is checked
+to be a complete file before the runner is built (an empty, truncated or text file is named as such).
 """
 import argparse
 import os
@@ -16,6 +17,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmvmamba.checkpoint import check_checkpoint_file, register_checkpoint_safe_globals
 from mmvmamba.engine.config_utils import check_data_paths, enable_visualization, load_tool_config, task_of
 
 
@@ -42,6 +44,7 @@ def main() -> None:
     task = task_of(cfg)
     if not osp.isfile(args.checkpoint):
         raise FileNotFoundError(f'checkpoint {args.checkpoint!r} does not exist (release URLs: docs/model_zoo.md)')
+    check_checkpoint_file(args.checkpoint)
     cfg.load_from = args.checkpoint
     cfg.resume = False
 
@@ -58,6 +61,9 @@ def main() -> None:
         cfg.test_evaluator['keep_results'] = True
 
     check_data_paths(cfg, ('test_dataloader', ))
+    # mmengine loads the checkpoint with torch.load's weights_only=True default: allow the checked types that its own
+    # checkpoints pickle (see mmvmamba/checkpoint/safe_load.py).
+    register_checkpoint_safe_globals()
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     if args.out is not None and task == 'det':
         from mmdet.evaluation import DumpDetResults

@@ -49,10 +49,19 @@ def load_backbone_checkpoint(model: nn.Module,
                              use_ema: bool = False,
                              prefix: str | None = None,
                              map_location: str = 'cpu') -> str:
-    """Load an official or converted checkpoint file into ``model``; returns a one-line report."""
+    """Load an official or converted checkpoint file into ``model``; returns a one-line report.
+
+    Raises:
+        FileNotFoundError, CheckpointFileError, ValueError: see :func:`.safe_load` (the file) and
+            :func:`load_backbone_state_dict` (its keys); errors about the contents carry a note naming the file.
+    """
     checkpoint = safe_load(path, map_location=map_location)
-    state_dict, dropped = convert_vmamba_official(checkpoint, use_ema=use_ema, prefix=prefix)
-    missing_outnorm, unused_outnorm = load_backbone_state_dict(model, state_dict)
+    try:
+        state_dict, dropped = convert_vmamba_official(checkpoint, use_ema=use_ema, prefix=prefix)
+        missing_outnorm, unused_outnorm = load_backbone_state_dict(model, state_dict)
+    except (KeyError, ValueError) as err:
+        err.add_note(f'while loading the checkpoint {str(path)!r} into the VMamba backbone')
+        raise
     report = f'{len(state_dict) - len(unused_outnorm)} tensors loaded'
     if dropped:
         report += f'; dropped classifier keys {dropped}'

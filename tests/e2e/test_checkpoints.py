@@ -1,14 +1,17 @@
 """Checkpoints through the tools: an mmdet-format checkpoint made from the parity fixture evaluates through
-tools/test.py (and draws PNGs); a checkpoint for another variant, a wrong neck, missing data and a missing
-pretrained file each fail early with a message that says what to fix."""
+tools/test.py (and draws PNGs); a checkpoint for another variant, a file that is no checkpoint, a crafted file, a
+wrong neck, missing data and a missing pretrained file each fail early with a message that says what to fix."""
 import json
 import types
+from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MessageHub
 from mmengine.runner import BaseLoop
-from mmengine.runner.checkpoint import load_checkpoint
+from mmengine.runner.checkpoint import load_checkpoint, save_checkpoint
 
 from mmvmamba.engine import VMambaCheckHook
 from .conftest import DEMO_DET_CONFIG, DEMO_SEG_CONFIG, NUM_VAL, REPO, TOOLS, build_model, run_tool
@@ -25,10 +28,18 @@ def test_fixture_checkpoint_matches_official_outputs(fixture_det):
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_fixture_checkpoint_evaluates_through_test_py(fixture_det, data_cwd):
+def test_fixture_checkpoint_evaluates_through_test_py(fixture_det, data_cwd, tmp_path):
+    """The checkpoint carries what a training run's checkpoint carries besides the weights (the message hub's
+    HistoryBuffers, numpy values in meta), which mmengine's torch.load reads through mmvmamba's checked allow-list."""
+    hub = MessageHub(f'{tmp_path}')
+    for loss in (0.9, 0.7):
+        hub.update_scalar('train/loss', loss)
+    checkpoint = tmp_path / 'trained.pth'
+    save_checkpoint({'meta': {'seed': np.int64(7), 'mean': np.array([0.5, 0.25])}, 'message_hub': hub.state_dict(),
+                     'state_dict': fixture_det.state_dict}, str(checkpoint))
     work_dir = data_cwd / 'work_dirs/fixture_test'
     show_dir = data_cwd / 'work_dirs/fixture_vis'
-    proc = run_tool([TOOLS / 'test.py', fixture_det.config, fixture_det.checkpoint, '--work-dir', work_dir,
+    proc = run_tool([TOOLS / 'test.py', fixture_det.config, checkpoint, '--work-dir', work_dir,
                      '--show-dir', show_dir], cwd=data_cwd)
     log = proc.stdout + proc.stderr
     assert 'Load checkpoint from' in log
@@ -45,6 +56,36 @@ def test_checkpoint_of_another_variant_is_refused(fixture_det, data_cwd):
     assert proc.returncode != 0
     assert 'the checkpoint does not fit this model' in proc.stderr
     assert 'shape mismatches' in proc.stderr and 'backbone.patch_embed.0.weight' in proc.stderr
+    assert 'coco/bbox_mAP' not in proc.stdout + proc.stderr
+
+
+def test_test_py_names_a_file_that_is_not_a_checkpoint(tmp_path):
+    text = tmp_path / 'model.pth'
+    text.write_text('<html>404 Not Found</html>\n')
+    proc = run_tool([TOOLS / 'test.py', DEMO_DET_CONFIG, text], cwd=tmp_path, check=False)
+    assert proc.returncode == 1
+    assert f"CheckpointFileError: checkpoint '{text}' is not in PyTorch's zip checkpoint format: it is a text file" \
+        in proc.stderr
+
+
+class _Reduce:
+
+    def __init__(self, *reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+def test_test_py_refuses_a_crafted_checkpoint(fixture_det, data_cwd, tmp_path):
+    """An object array over forged pointer bytes, read while unpickling: refused, not a crash of the tool."""
+    forged = _Reduce(OrderedDict, (), _Reduce(np.ndarray, ((1, ), 'O', b'AAAAAAAA')))
+    checkpoint = tmp_path / 'crafted.pth'
+    torch.save({'meta': forged, 'state_dict': fixture_det.state_dict}, checkpoint)
+    proc = run_tool([TOOLS / 'test.py', fixture_det.config, checkpoint, '--work-dir', tmp_path / 'work'],
+                    cwd=data_cwd, check=False)
+    assert proc.returncode == 1, f'return code {proc.returncode} (negative: killed by a signal)\n{proc.stderr[-3000:]}'
+    assert 'UnpicklingError' in proc.stderr and 'refusing a call of numpy.ndarray' in proc.stderr
     assert 'coco/bbox_mAP' not in proc.stdout + proc.stderr
 
 

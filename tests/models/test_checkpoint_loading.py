@@ -1,9 +1,13 @@
 """Checkpoint loading: official formats, the allow-listed unpickler, refusals, and mmengine's own checkpoints."""
 import pickle
+import runpy
 import subprocess
 import sys
 import types
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -13,8 +17,11 @@ from mmengine.runner import Runner, load_checkpoint
 from torch.utils.data import Dataset
 
 from mmvmamba import VMamba
-from mmvmamba.checkpoint import convert_vmamba_official, safe_load
+from mmvmamba.checkpoint import convert_vmamba_official, register_checkpoint_safe_globals, safe_load
+from mmvmamba.models.backbones import translate_official_kwargs
 from tests.paths import REPO_ROOT, fixtures_dir
+
+PARITY_TOLERANCE = 5e-5  # as tests/models/test_parity.py: official fp32 reruns differ by <= 9e-6
 
 SMALL = dict(arch='tiny', dims=16, depths=(1, 1, 2, 1))
 
@@ -105,6 +112,7 @@ def test_a_checkpoint_of_another_variant_lists_the_mismatches(tmp_path):
         _load_via_init_cfg(path)
     assert 'layers.0.blocks.0.op.in_proj.weight' in str(err.value)
     assert 'layers.0.blocks.0.mlp.fc1.weight' in str(err.value)  # missing: vanilla has no MLP
+    assert any(str(path) in note for note in err.value.__notes__)
 
 
 @pytest.mark.parametrize('change', ['missing', 'unexpected'])
@@ -127,6 +135,33 @@ def test_outnorms_of_unused_stages_are_not_an_error(tmp_path):
     torch.save({'state_dict': {'backbone.' + k: v for k, v in _model().state_dict().items()}}, path)
     model = VMamba(**SMALL, out_indices=(2, 3), init_cfg=dict(type='Pretrained', checkpoint=str(path)))
     model.init_weights()
+
+
+@pytest.mark.parametrize('order', ['pretrained-first', 'pretrained-last'])
+def test_list_init_cfg_applies_the_other_entries_then_loads_the_checkpoint(tmp_path, order):
+    """mmengine's list form: the checkpoint is loaded after the other entries, whatever their order."""
+    source = _model()
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in source.state_dict().items()}}, path)
+    entries = [dict(type='Pretrained', checkpoint=str(path)), dict(type='Constant', layer='Conv2d', val=0.5, bias=0.)]
+    model = _model(init_cfg=entries if order == 'pretrained-first' else entries[::-1])
+    model.init_weights()
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(_outputs(source, x), _outputs(model.eval(), x), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_list_init_cfg_without_a_checkpoint_is_mmengine_s():
+    model = _model(init_cfg=[dict(type='Constant', layer='Conv2d', val=0.5, bias=0.)])
+    model.init_weights()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(bool((m.weight == 0.5).all()) for m in convs)
+
+
+def test_list_init_cfg_with_two_checkpoints_raises(tmp_path):
+    entry = dict(type='Pretrained', checkpoint=str(tmp_path / 'a.pth'))
+    with pytest.raises(ValueError, match='2 Pretrained entries'):
+        _model(init_cfg=[entry, entry]).init_weights()
 
 
 def test_missing_file_raises(tmp_path):
@@ -160,18 +195,52 @@ def test_conversion_is_idempotent_and_unwraps_module_prefix():
     assert list(once) == list(twice) == list(_model().state_dict())
 
 
-def test_converter_tool(tmp_path):
-    source = _model()
-    src, dst = tmp_path / 'cls.pth', tmp_path / 'out' / 'vmamba.pth'
-    torch.save({'model': _classification_state(source), 'epoch': 1}, src)
-    tool = [sys.executable, str(REPO_ROOT / 'tools' / 'convert_official_ckpt.py'), str(src), str(dst)]
-    subprocess.run(tool, check=True, capture_output=True)
+def _convert_with_tool(src: Path, dst: Path, *options: str) -> None:
+    """tools/convert_official_ckpt.py SRC DST, run as a script in this process."""
+    argv = sys.argv
+    sys.argv = [str(REPO_ROOT / 'tools' / 'convert_official_ckpt.py'), str(src), str(dst), *options]
+    try:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+    finally:
+        sys.argv = argv
+
+
+@pytest.mark.parametrize('checkpoint, expected', [
+    ('a_tiny_s1l8_ln2d_cls_ckpt.pt', 'a_tiny_s1l8_ln2d_cls_ckpt_expected.pt'),
+    ('c_vanilla_v0_ln_cls_legacy_ckpt.pt', 'c_vanilla_v0_ln_cls_legacy_ckpt_expected.pt'),
+    ('a_tiny_s1l8_ln2d_det_ckpt.pt', 'a_tiny_s1l8_ln2d.pt'),
+], ids=['classification', 'legacy-names', 'mmdet'])
+def test_converter_tool_output_loads_strictly_and_reproduces_the_official_outputs(tmp_path, checkpoint, expected):
+    """The converted file holds exactly the backbone's tensors (a classification file has no out-norms, which the
+    backbone then keeps at weight 1 / bias 0, as the official loader does), and the official outputs follow."""
+    dst = tmp_path / 'out' / 'vmamba.pth'
+    _convert_with_tool(fixtures_dir() / checkpoint, dst)
     state = torch.load(dst, weights_only=True)
-    assert not any(k.startswith('classifier') for k in state)
-    reloaded = _model()
-    reloaded.load_state_dict(state, strict=False)
-    result = subprocess.run(tool, capture_output=True, text=True)  # never overwrites without --force
-    assert result.returncode != 0 and 'exists' in result.stderr
+    reference = torch.load(fixtures_dir() / expected, weights_only=True)
+    model = VMamba(**translate_official_kwargs(**reference['config'])).eval()
+    outnorms = {key for key in model.state_dict() if key.startswith('outnorm')}
+    if checkpoint.endswith('_det_ckpt.pt'):
+        model.load_state_dict(state, strict=True)
+    else:
+        assert set(model.state_dict()) - set(state) == outnorms and set(state) <= set(model.state_dict())
+        model.load_state_dict({**{key: model.state_dict()[key] for key in outnorms}, **state}, strict=True)
+    with torch.no_grad():
+        for key_in, key_out in (('input', 'outputs'), ('input_odd', 'outputs_odd')):
+            for stage, (out, ref) in enumerate(zip(model(reference[key_in]), reference[key_out], strict=True)):
+                err = (out - ref).abs().max().item()
+                assert err <= PARITY_TOLERANCE, f'{key_in} stage {stage}: max abs diff {err:.3g}'
+
+
+def test_converter_tool_never_overwrites(tmp_path):
+    src, dst = tmp_path / 'cls.pth', tmp_path / 'vmamba.pth'
+    torch.save({'model': _classification_state(_model())}, src)
+    dst.write_bytes(b'keep me')
+    with pytest.raises(SystemExit, match='exists; pass --force'):
+        _convert_with_tool(src, dst)
+    assert dst.read_bytes() == b'keep me'
+    _convert_with_tool(src, dst, '--force')
+    assert set(torch.load(dst, weights_only=True)) == set(_model().state_dict()) - {
+        f'outnorm{i}.{name}' for i in range(4) for name in ('weight', 'bias')}
 
 
 def test_released_det_fixture_converts_to_the_variant_state_dict():
@@ -220,9 +289,26 @@ def _runner(work_dir, max_iters, **kwargs):
         **kwargs)
 
 
-def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path):
+@pytest.fixture
+def allow_list():
+    """mmvmamba's allow-list registered process-wide (as tools/train.py and tools/test.py do) for one test; torch's
+    allow-list is restored afterwards."""
+    before = torch.serialization.get_safe_globals()
+    register_checkpoint_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(before)
+
+
+def _pickle_of(path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(next(name for name in archive.namelist() if name.endswith('/data.pkl')))
+
+
+def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path, allow_list):
     _runner(tmp_path, max_iters=2).train()
     path = tmp_path / 'iter_2.pth'
+    assert b'numpy' in _pickle_of(path) and b'HistoryBuffer' in _pickle_of(path)
     registered = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     try:  # without mmvmamba's allow-list, torch refuses the file mmengine just wrote
@@ -236,11 +322,117 @@ def test_mmengine_checkpoints_load_and_resume_with_weights_only(tmp_path):
     resumed = _runner(tmp_path, max_iters=4, resume=True)
     resumed.train()
     assert resumed.iter == 4
+    # The message hub's arrays came back as CheckedArray; the resumed run's checkpoint pickles plain numpy arrays,
+    # so it reads anywhere without mmvmamba, and again through the checks.
+    assert b'mmvmamba' not in _pickle_of(tmp_path / 'iter_4.pth')
+    hub = safe_load(tmp_path / 'iter_4.pth')['message_hub']
+    losses = hub['log_scalars']['train/loss']
+    assert isinstance(losses._log_history, np.ndarray) and losses._log_history.dtype == np.float64
+    assert len(losses._log_history) == 4 and np.isfinite(losses.mean())
 
 
 def test_safe_load_keeps_the_process_wide_allow_list(tmp_path):
     path = tmp_path / 'plain.pth'
     torch.save({'model': _model().state_dict()}, path)
-    before = torch.serialization.get_safe_globals()
+    before = set(torch.serialization.get_safe_globals())
     safe_load(path)
-    assert torch.serialization.get_safe_globals() == before
+    assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_import_leaves_torch_allow_list_alone():
+    """Importing mmvmamba (what custom_imports does) changes nothing in torch; registering is an explicit call."""
+    code = ('import torch; import mmvmamba; from mmvmamba.checkpoint.safe_load import checkpoint_safe_globals; '
+            'ours = checkpoint_safe_globals(); registered = torch.serialization.get_safe_globals(); '
+            'assert not [item for item in registered if item in ours or "numpy" in repr(item)], registered; '
+            'mmvmamba.checkpoint.register_checkpoint_safe_globals(); '
+            'assert all(item in torch.serialization.get_safe_globals() for item in ours), "not registered"')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_registering_is_idempotent(allow_list):
+    once = set(torch.serialization.get_safe_globals())
+    register_checkpoint_safe_globals()
+    assert set(torch.serialization.get_safe_globals()) == once
+
+
+def test_registering_refuses_numpy_registered_without_checks(allow_list):
+    torch.serialization.add_safe_globals([np.ndarray])
+    with pytest.raises(RuntimeError, match=r"numpy types without checks .*numpy\.ndarray"):
+        register_checkpoint_safe_globals()
+
+
+# ---- numpy values: every numeric dtype loads as numpy itself unpickles it, and pickles again as a plain ndarray ----
+
+
+@pytest.mark.parametrize('dtype', ['bool', 'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64',
+                                   'float16', 'float32', 'float64', '>f8', '>i4', 'complex64', 'complex128'])
+def test_numeric_numpy_arrays_and_scalars_load_as_numpy_loads_them(tmp_path, dtype):
+    """The reference is numpy's own unpickling (which, e.g., turns big-endian data into native order)."""
+    rng = np.random.default_rng(0)
+    array = (rng.standard_normal((3, 5)) * 100).astype(dtype)
+    values = {'array': array, 'fortran': np.asfortranarray(array), 'strided': array[:, ::2], 'empty': array[:0],
+              'zero_d': np.array(array[1, 2]), 'scalar': array[1, 2]}
+    path = tmp_path / 'numpy.pth'
+    torch.save({'meta': values}, path)
+    loaded = safe_load(path)['meta']
+    for name, value in values.items():
+        got, expected = loaded[name], pickle.loads(pickle.dumps(value, protocol=2))
+        if name == 'scalar':
+            assert type(got) is type(expected) and got.tobytes() == expected.tobytes(), name
+            continue
+        assert isinstance(got, np.ndarray) and got.dtype == expected.dtype and got.shape == expected.shape, name
+        assert got.flags.f_contiguous == expected.flags.f_contiguous and got.tobytes() == expected.tobytes(), name
+        assert b'mmvmamba' not in pickle.dumps(got, protocol=2) and b'mmvmamba' not in pickle.dumps(got, protocol=5)
+        assert type(pickle.loads(pickle.dumps(got))) is np.ndarray
+
+
+def test_numpy_arrays_cannot_be_constructed_from_a_file():
+    from mmvmamba.checkpoint import CheckedArray
+    with pytest.raises(pickle.UnpicklingError, match='numpy.ndarray'):
+        CheckedArray((1, ), 'O', b'AAAAAAAA')
+
+
+# ---- files that are not complete checkpoints: the error names the file and what is wrong ----
+
+
+def _write_bad_file(tmp_path, kind: str) -> Path:
+    path = tmp_path / f'{kind}.pth'
+    if kind == 'text':
+        path.write_text('epoch 3, loss 0.25\n')
+    elif kind == 'html':
+        path.write_text('<!DOCTYPE html><html><body>Not Found</body></html>')
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'truncated':
+        torch.save({'model': _model().state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == 'bit-flip':
+        torch.save({'model': _model().state_dict()}, path)
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as archive:  # flip one byte inside the largest tensor record
+            info = max(archive.infolist(), key=lambda info: info.file_size)
+        data[info.header_offset + 200] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif kind == 'legacy':
+        torch.save({'model': _model().state_dict()}, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+BAD_FILES = {
+    'text': 'is a text file',
+    'html': 'is a text file',
+    'empty': r'is empty \(0 bytes\)',
+    'truncated': 'is truncated or corrupted',
+    'bit-flip': r'is truncated or corrupted \(record .* does not match its stored checksum',
+    'legacy': r'legacy format of torch < 1\.6',
+}
+
+
+@pytest.mark.parametrize('kind', list(BAD_FILES))
+def test_a_file_that_is_not_a_complete_checkpoint_is_named(tmp_path, kind):
+    path = _write_bad_file(tmp_path, kind)
+    for load in (safe_load, _load_via_init_cfg):
+        with pytest.raises(ValueError, match=BAD_FILES[kind]) as err:
+            load(path)
+        assert str(path) in str(err.value)

@@ -7,6 +7,7 @@ single-process run on the same total batch (the losses are means over equally si
 """
 import json
 import math
+import os
 import os.path as osp
 from numbers import Number
 
@@ -22,8 +23,10 @@ class LossRecordHook(Hook):
     """Append ``{"iter", "world_size", <log_vars averaged over ranks>}`` to ``<work_dir>/<filename>`` on rank 0.
 
     Every entry of the train step's outputs (``loss``, ``loss_*``, accuracies) is averaged over the ranks; in a
-    non-distributed run the values are the local ones. A run that starts from iteration 0 empties the file first;
-    a resumed run appends.
+    non-distributed run the values are the local ones. A run that starts from iteration 0 empties the file first.
+    A resumed run first drops the records after the iteration it resumes from: the stopped run recorded them after
+    its last checkpoint, and the resumed run trains those iterations again, so each iteration appears once (with the
+    values of the run that continues). Then it appends.
 
     Args:
         filename: File name under the runner's ``work_dir``. Default: 'losses.jsonl'.
@@ -41,8 +44,12 @@ class LossRecordHook(Hook):
 
     def before_train(self, runner) -> None:
         rank, _ = get_dist_info()
-        if rank == 0 and runner.iter == 0:
+        if rank != 0:
+            return
+        if runner.iter == 0:
             open(self._path(runner), 'w').close()
+        elif osp.isfile(self._path(runner)):
+            _drop_records_after(self._path(runner), runner.iter)
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         if not outputs or not self.every_n_train_iters(runner, self.interval):
@@ -61,6 +68,30 @@ class LossRecordHook(Hook):
         with open(self._path(runner), 'a') as f:
             f.write(json.dumps(record) + '\n')
             f.flush()
+
+
+def _drop_records_after(path: str, last_iter: int) -> None:
+    """Rewrite the record file without the records of iterations after ``last_iter`` (atomically, by replacing it).
+
+    A last line without its newline is a record cut off when the stopped run was killed: it is dropped too.
+    """
+    with open(path) as f:
+        lines = f.read().split('\n')
+    complete, partial = lines[:-1], lines[-1]  # the part after the last newline: '' or an unfinished record
+    kept = []
+    for number, line in enumerate(complete, start=1):
+        try:
+            iteration = int(json.loads(line)['iter'])
+        except (ValueError, TypeError, KeyError) as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f'{path}, line {number}: not a LossRecordHook record ({err}): {line[:200]!r}') from err
+        if iteration <= last_iter:
+            kept.append(line)
+    if len(kept) == len(complete) and not partial:
+        return
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write(''.join(line + '\n' for line in kept))
+    os.replace(tmp, path)
 
 
 def _scalar(name: str, value) -> float:

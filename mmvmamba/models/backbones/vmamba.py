@@ -208,11 +208,25 @@ class VMamba(BaseModule):
         return self
 
     def init_weights(self) -> None:
-        """Load ``init_cfg``'s checkpoint when it is ``Pretrained``; otherwise mmengine's default behaviour."""
-        if self.init_cfg is None or self.init_cfg.get('type') != 'Pretrained':
+        """Load the checkpoint of ``init_cfg``'s ``Pretrained`` entry; otherwise mmengine's default behaviour.
+
+        ``init_cfg`` is a dict or, as mmengine allows, a list of dicts: as in mmengine, the other entries are applied
+        first and the checkpoint is loaded last.
+        """
+        init_cfgs = [self.init_cfg] if isinstance(self.init_cfg, dict) else list(self.init_cfg or [])
+        if not all(isinstance(cfg, dict) for cfg in init_cfgs):
+            raise TypeError(f'init_cfg must be a dict or a list of dicts, got {self.init_cfg!r}')
+        pretrained = [cfg for cfg in init_cfgs if cfg.get('type') == 'Pretrained']
+        if not pretrained:
             super().init_weights()
             return
-        cfg = dict(self.init_cfg)
+        if len(pretrained) > 1:
+            raise ValueError(f'init_cfg has {len(pretrained)} Pretrained entries; give one checkpoint: {self.init_cfg}')
+        others = [cfg for cfg in init_cfgs if cfg.get('type') != 'Pretrained']
+        if others:
+            from mmengine.model import initialize
+            initialize(self, others)
+        cfg = dict(pretrained[0])
         if 'checkpoint' not in cfg:
             raise ValueError(f"init_cfg of type 'Pretrained' needs a 'checkpoint' path, got {cfg}")
         unknown = sorted(set(cfg) - {'type', 'checkpoint', 'use_ema', 'prefix', 'map_location'})
