@@ -1,7 +1,36 @@
 """Packaging for mmvmamba (the OpenMMLab plugin) and mmvmamba_kernels (the SS2D kernels in kernels/)."""
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+# What OpenMMLab's `mim` reads from an installed package's `.mim` folder: configs (`mim train|test mmvmamba
+# CONFIG`), the tools it runs (tools/train.py, tools/test.py) and the model index with its metafiles (`mim search`).
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+
+
+class BuildPyWithMim(build_py):
+    """``build_py`` that also copies :data:`MIM_FILES` into the built package as ``mmvmamba/.mim/``.
+
+    Wheels and regular installs get the copy. An editable install runs from the checkout, where the files already
+    are; mim cannot locate an editable package's folder, so it is used with a regular install.
+    """
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        target = Path(self.build_lib) / 'mmvmamba' / '.mim'
+        shutil.rmtree(target, ignore_errors=True)  # a stale copy from an earlier build in the same tree
+        target.mkdir(parents=True)
+        for name in MIM_FILES:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            else:
+                shutil.copy2(source, target / name)
 
 
 def read_version() -> str:
@@ -29,5 +58,6 @@ setup(
         'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.0.0,<1.3.0', 'ftfy', 'regex'],
         'tests': ['pytest'],
     },
+    cmdclass={'build_py': BuildPyWithMim},
     zip_safe=False,
 )

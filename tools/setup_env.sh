@@ -44,7 +44,8 @@ else
 fi
 
 pip install -q --find-links "$wheels" --only-binary mmcv -r "$repo/requirements.txt"
-pip install -q --no-deps --no-build-isolation -e "$repo"
+# setuptools warns about every editable install (a package folder in the working directory could shadow it).
+PYTHONWARNINGS='ignore:Editable installation' pip install -q --no-deps --no-build-isolation -e "$repo"
 
 log "checking the installation"
 "$py" - <<'PY'

@@ -56,13 +56,14 @@ def fixture_det(tmp_path_factory):
     mmdet-format checkpoint of it: the fixture's backbone weights, the rest randomly initialised."""
     fixture = torch.load(fixtures_dir() / FIXTURE, map_location='cpu', weights_only=True)
     official = dict(fixture['config'])
-    dims = official['dims']
+    # one FPN input per backbone stage (the reduced fixtures in tests/data keep the first two stages)
+    channels = [official['dims'] * 2**i for i in range(len(official['depths']))]
     folder = tmp_path_factory.mktemp('fixture_det')
     config = folder / 'mask-rcnn_fixture_fpn_shapes.py'
     config.write_text(f"_base_ = [{str(DEMO_DET_CONFIG)!r}]\n"
                       f"model = dict(\n"
                       f"    backbone=dict(_delete_=True, type='MM_VSSM', **{official!r}),\n"
-                      f"    neck=dict(in_channels={[dims, dims * 2, dims * 4, dims * 8]!r}))\n")
+                      f"    neck=dict(in_channels={channels!r}))\n")
     model = build_model(Config.fromfile(config))
     model.init_weights()
     model.backbone.load_state_dict(fixture['state_dict'], strict=True)

@@ -92,10 +92,11 @@ class VMamba(BaseModule):
         super().__init__(init_cfg=init_cfg)
         settings = resolve_arch(arch, **arch_overrides)
         out_indices = tuple(out_indices)
-        if any(not 0 <= i < 4 for i in out_indices):
-            raise ValueError(f'out_indices must be stage indices in 0..3, got {out_indices}')
-        if not -1 <= frozen_stages <= 4:
-            raise ValueError(f'frozen_stages must be in -1..4, got {frozen_stages}')
+        num_stages = len(settings['depths'])
+        if any(not 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'out_indices must be stage indices in 0..{num_stages - 1}, got {out_indices}')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in -1..{num_stages}, got {frozen_stages}')
         self.arch_settings = settings
         self.in_channels = in_channels
         self.patch_size = patch_size
@@ -127,7 +128,7 @@ class VMamba(BaseModule):
                     conv_bias=settings['ssm_conv_bias'],
                     dropout=ssm_dropout) for j in range(depth)
             ]
-            if i == 3:
+            if i == num_stages - 1:
                 downsample = nn.Identity()
             elif settings['downsample'] == 'conv':
                 downsample = conv_downsample(dim, self.dims[i + 1], channel_first)

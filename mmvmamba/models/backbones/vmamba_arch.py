@@ -6,8 +6,8 @@ B s2l15); the others name their variant explicitly. Every field is one of :data:
 
 # The fields an architecture must define, with their meaning.
 ARCH_FIELDS = {
-    'dims': 'channels of the four stages',
-    'depths': 'blocks in each of the four stages',
+    'dims': 'channels of each stage (an int: the first stage\'s, doubled at every stage)',
+    'depths': 'blocks in each stage; its length is the number of stages (four in every release)',
     'd_state': 'SSM state size N per channel',
     'ssm_ratio': 'inner width D of SS2D over the block width C',
     'gate': 'SS2D multiplies its output by SiLU(z) (vanilla "v0" models)',
@@ -63,10 +63,12 @@ def resolve_arch(arch: str | dict, **overrides) -> dict:
     settings.update({key: value for key, value in overrides.items() if value is not None})
 
     dims = settings['dims']
-    settings['dims'] = tuple(dims * 2**i for i in range(4)) if isinstance(dims, int) else tuple(dims)
     settings['depths'] = tuple(settings['depths'])
-    if len(settings['dims']) != 4 or len(settings['depths']) != 4:
-        raise ValueError(f"dims and depths need 4 stages, got dims={settings['dims']} depths={settings['depths']}")
+    num_stages = len(settings['depths'])
+    settings['dims'] = tuple(dims * 2**i for i in range(num_stages)) if isinstance(dims, int) else tuple(dims)
+    if num_stages == 0 or len(settings['dims']) != num_stages:
+        raise ValueError(f"dims and depths need one entry per stage, got dims={settings['dims']} "
+                         f"depths={settings['depths']}")
     if settings['stem'] not in STEM_TYPES:
         raise ValueError(f"stem must be one of {STEM_TYPES}, got {settings['stem']!r}")
     if settings['downsample'] not in DOWNSAMPLE_TYPES:
