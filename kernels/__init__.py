@@ -11,8 +11,8 @@ import torch
 
 from .cross_scan_ref import cross_merge_ref, cross_scan_ref
 from .cross_selective_scan_ref import cross_selective_scan_ref
-from .selective_scan_ref import selective_scan_ref
 from .layer_norm_ref import layer_norm_ref
+from .selective_scan_ref import selective_scan_ref
 from .utils import SUPPORTED_DTYPES, check_cross_selective_scan_args, check_selective_scan_args, check_tensor
 
 try:

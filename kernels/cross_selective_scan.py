@@ -18,7 +18,6 @@ from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
 from .selective_scan import _launch_bwd, _launch_fwd, scan_config
 from .utils import eager_or_custom_op, input_guard
 
-
 # Up to these lengths the spatial kernel runs; beyond them, the sequence-layout kernel on cross-scanned copies
 # (measured on an H100, docs/benchmarks.md).
 SPATIAL_FWD_MAX_LENGTH = 8192

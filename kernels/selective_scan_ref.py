@@ -74,7 +74,7 @@ def selective_scan_ref(u: torch.Tensor,
         ``[B, K*D, L]`` fp32 output.
     """
     batch, rows, length = u.shape
-    groups, d_state = B.shape[1], A.shape[1]
+    groups = B.shape[1]
     u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.float()[:, None]

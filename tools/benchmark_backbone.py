@@ -308,7 +308,7 @@ def parse_args() -> argparse.Namespace:
                         help='how the backbone runs: eager, compiled (torch.compile, dynamic H/W: the default on '
                         'CUDA), compiled-reduce-overhead (with CUDA graph trees), graphed (cuda_graph=True)')
     parser.add_argument('--cuda-graph', action='store_true',
-                        help='also time each eager step replayed from a CUDA graph (its GPU time without host overhead)')
+                        help='also time each eager step replayed from a CUDA graph (GPU time without host overhead)')
     parser.add_argument('--keep-ratio', type=int, default=0, metavar='N',
                         help='time the keep-ratio stream of N COCO-like batches instead (fp16 unless --dtype is given)')
     parser.add_argument('--cudnn-benchmark', choices=['on', 'off'], default='on',

@@ -5,8 +5,15 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmvmamba.engine.config_utils import (check_data_paths, enable_visualization, leaf_datasets, set_data_root,
-                                          set_max_iters, task_of, use_amp)
+from mmvmamba.engine.config_utils import (
+    check_data_paths,
+    enable_visualization,
+    leaf_datasets,
+    set_data_root,
+    set_max_iters,
+    task_of,
+    use_amp,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DET = REPO / 'configs/det/mask-rcnn_vmamba-demo_fpn_shapes.py'

@@ -138,6 +138,9 @@ def load_weights(model: nn.Module, checkpoint: str) -> None:
     """Load a full det/seg checkpoint (mmengine format) strictly."""
     from mmengine.runner import load_checkpoint
 
+    from mmvmamba.checkpoint import register_checkpoint_safe_globals
+
+    register_checkpoint_safe_globals()  # the numpy values and HistoryBuffer of mmengine's checkpoints
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
 
 
@@ -153,7 +156,7 @@ def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> None:
     from mmengine.runner.checkpoint import _load_checkpoint
 
     from mmvmamba import VMamba
-    from mmvmamba.checkpoint import load_backbone_checkpoint
+    from mmvmamba.checkpoint import load_backbone_checkpoint, register_checkpoint_safe_globals
 
     if isinstance(backbone, VMamba):
         print(f'{type(backbone).__name__}: {load_backbone_checkpoint(backbone, checkpoint)}')
@@ -162,6 +165,7 @@ def load_backbone_weights(backbone: nn.Module, checkpoint: str) -> None:
         backbone.init_cfg = dict(type='Pretrained', checkpoint=checkpoint)
         backbone.init_weights()
         return
+    register_checkpoint_safe_globals()
     data = _load_checkpoint(checkpoint, map_location='cpu')
     state = data.get('state_dict', data) if isinstance(data, dict) else data
     prefix = 'backbone.' if any(key.startswith('backbone.') for key in state) else None

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
+from mmvmamba.checkpoint import safe_load
 from mmvmamba.datasets.synthetic_shapes import generate_shapes_dataset
 from mmvmamba.engine.config_utils import leaf_datasets, set_data_root, task_of, use_amp
 
@@ -256,8 +257,7 @@ def compare_losses(single: dict[int, dict], ddp: dict[int, dict], iters: int, rt
 
 
 def load_state_dict(path: Path) -> dict:
-    # weights_only works on mmengine's checkpoints: importing mmvmamba registered the types they pickle.
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    checkpoint = safe_load(path)  # weights_only, with the checked allow-list of mmengine's checkpoint types
     return checkpoint.get('state_dict', checkpoint)
 
 

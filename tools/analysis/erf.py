@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from analysis_common import (DEFAULT_OUT_DIR, build_backbone, build_resnet50, build_swin_t, load_config,
-                             write_json)
+from analysis_common import DEFAULT_OUT_DIR, build_backbone, build_resnet50, build_swin_t, load_config, write_json
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)

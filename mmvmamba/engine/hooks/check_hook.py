@@ -13,6 +13,7 @@ from mmengine.hooks import Hook
 from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import BaseLoop
 
+from mmvmamba.checkpoint import register_checkpoint_safe_globals
 from mmvmamba.models import VMamba
 from mmvmamba.registry import HOOKS
 
@@ -51,6 +52,9 @@ class VMambaCheckHook(Hook):
         self.strict_load = strict_load
 
     def before_run(self, runner) -> None:
+        # mmengine loads `load_from` / `--resume` after before_run: its checkpoints (HistoryBuffer, numpy values)
+        # need our checked allow-list, in mmdet's and mmseg's own tools too (every config has this hook).
+        register_checkpoint_safe_globals()
         model = unwrap_model(runner.model)
         backbone = getattr(model, 'backbone', None)
         if not isinstance(backbone, VMamba):

@@ -10,7 +10,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvmamba_kernels import cross_selective_scan
-
 from .layout import linear_layer, norm_layer
 
 NUM_DIRECTIONS = 4
