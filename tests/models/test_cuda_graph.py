@@ -163,6 +163,24 @@ def test_replay_gradients_on_the_cpu(second_call):
         _assert_close(q.grad, p.grad, 1e-5, f'gradient of {name}')
 
 
+def test_a_forward_without_backward_does_not_block_later_replays():
+    """A training forward whose outputs are dropped without a backward leaves nothing pending (it used to leave the
+    cache eager for the rest of the run); one whose outputs live on keeps later calls eager."""
+    _, graphed = _pair()
+    graphed.cuda_graphs = cache = _StandInCache(capture_after=0)
+    graphed.train()
+    x = torch.randn(2, 3, 32, 48)
+    kept = graphed(x)  # captured and replayed; its backward could still come
+    entry = next(iter(cache.graphs.values()))
+    graphed(x)
+    assert entry.replays == 1, 'a call while a backward may come must run eagerly'
+    del kept
+    graphed(x)  # dropped at once: no backward possible
+    assert entry.replays == 2
+    _loss(graphed(x)).backward()
+    assert entry.replays == 3 and cache.pending is None
+
+
 def _train_steps(model, batches, dtype, accumulate=1):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     losses = []

@@ -14,9 +14,11 @@ Rules that keep the replay exact:
 * outputs and gradients are returned as fresh tensors, never as the graph's own buffers, so they survive the next
   replay and gradient accumulation adds up correctly;
 * between a training forward and its backward the graphs' shared memory holds that forward's activations, so any
-  other call in that window runs eagerly.
+  other call in that window runs eagerly; a forward whose outputs are dropped without a backward ends that window
+  (its autograd node is gone, so no backward can come).
 """
 import logging
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -77,6 +79,9 @@ class _ReplayFunction(torch.autograd.Function):
         entry.replay_forward(x)
         cache.pending = entry
         ctx.cache, ctx.entry = cache, entry
+        # lives exactly as long as this autograd node: once it is gone, no backward can read the graphs' memory
+        ctx.node_alive = _NodeAlive()
+        cache.pending_node = weakref.ref(ctx.node_alive)
         return tuple(o.clone() for o in entry.static_outs)
 
     @staticmethod
@@ -91,6 +96,10 @@ class _ReplayFunction(torch.autograd.Function):
         fresh = iter(torch._foreach_mul(present, 1.0)) if present else iter(())  # copies in a few launches
         grads = [None if g is None else next(fresh) for g in entry.static_grads]
         return (None, None, None, *grads)
+
+
+class _NodeAlive:
+    """A token held by a replay's autograd node (see :class:`_ReplayFunction`)."""
 
 
 class CudaGraphCache:
@@ -119,6 +128,7 @@ class CudaGraphCache:
         self.graphs: dict[tuple, _Graphed] = {}
         self.seen: dict[tuple, int] = {}
         self.pending: _Graphed | None = None
+        self.pending_node = None  # weak reference to the pending replay's node token
         self.capturing = False
         self.pool = None
         self._warned = set()
@@ -127,6 +137,8 @@ class CudaGraphCache:
         """``fn(x)``, where ``fn`` is ``module``'s eager forward and ``module(x)`` comes back to this call."""
         if self.capturing or not self._can_graph(x):
             return fn(x)
+        if self.pending is not None and self.pending_node is not None and self.pending_node() is None:
+            self.pending = None  # that forward's outputs were dropped without a backward
         params = [p for p in module.parameters() if p.requires_grad] if torch.is_grad_enabled() else []
         key = _signature(module, x, params)
         entry = self.graphs.get(key)
