@@ -1,6 +1,7 @@
 """The compiled forward: when it compiles, that new input sizes trace nothing new, and that it computes the eager
 function (outputs and gradients). On the CPU the graphs run with the ``aot_eager`` backend (no Inductor codegen);
 tests/models/test_gpu_compiled.py runs Inductor on the GPU."""
+import concurrent.futures
 import copy
 import importlib
 import pickle
@@ -76,13 +77,17 @@ def _reference_launchers(monkeypatch):
 
     def backward(x, delta, A, B, C, D, delta_bias, weight, delta_dtype, dout, hs, delta_softplus, block_t,
                  seg_chunks):
-        leaves = [t.detach().requires_grad_() if t is not None else None
-                  for t in (x, delta, A, B, C, D, delta_bias, weight)]
-        with torch.enable_grad():
+        def reference_grads():
+            leaves = [t.detach().requires_grad_() if t is not None else None
+                      for t in (x, delta, A, B, C, D, delta_bias, weight)]
             out = mmvmamba_kernels.cross_selective_scan_ref(*leaves[:7], delta_softplus, leaves[7])
             present = [t for t in leaves if t is not None]
             grads = iter(torch.autograd.grad(out, present, dout, allow_unused=True))
-        grads = [next(grads) if t is not None else None for t in leaves]
+            return leaves, [next(grads) if t is not None else None for t in leaves]
+
+        # autograd is off below a custom op's dispatch (thread-local state): a fresh thread has it on
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            leaves, grads = pool.submit(reference_grads).result()
         grads = [g if g is not None or t is None else torch.zeros_like(t) for g, t in zip(grads, leaves)]
         dx, ddelta, dA, dB, dC, dD, ddb, dweight = grads
         dD = dD if dD is not None else x.new_zeros(A.shape[0])
