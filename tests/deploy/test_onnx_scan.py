@@ -112,38 +112,26 @@ def test_export_scan_restores_on_error_and_refuses_nesting_and_non_vmamba_models
             pass
 
 
-class _Scan(torch.nn.Module):
-
-    def forward(self, x, delta, B, C, A, D, delta_bias):
-        return chunked_cross_selective_scan(x, delta, A, B, C, D, delta_bias, True, chunk=4, levels=3)
-
-
-def test_scan_graph_is_correct_at_other_sizes_and_poisons_lengths_past_its_levels(tmp_path):
-    """The exported scan alone, dynamic in H and W: correct at sizes it was not traced at (one, two and three
-    chunk levels with chunk 4), and NaN past chunk ** levels = 64 positions, where eager code would raise."""
+def test_dynamic_ss2d_graph_is_correct_at_other_sizes_and_poisons_lengths_past_its_levels(tmp_path):
+    """A strided conv and an SS2D exported with dynamic H and W (chunk 4, levels 3: up to 64 positions): correct in
+    ONNX Runtime at sizes it was not traced at (one, two and three chunk levels, odd and non-square maps), and NaN
+    past 64 positions, where eager code would raise."""
     ort = pytest.importorskip('onnxruntime')
-    dim, d_state = 3, 2
-
-    def inputs(height, width):
-        return (torch.randn(1, dim, height, width), torch.randn(1, 4, dim, height, width),
-                torch.randn(1, 4, d_state, height, width), torch.randn(1, 4, d_state, height, width),
-                -torch.rand(4 * dim, d_state) - 0.1, torch.randn(4 * dim), torch.randn(4 * dim))
-
-    names = ['x', 'delta', 'B', 'C', 'A', 'D', 'delta_bias']
-    spatial = {2: 'height', 3: 'width'}
-    per_direction = {3: 'height', 4: 'width'}
-    path = tmp_path / 'scan.onnx'
-    with torch.no_grad():
-        program = torch.onnx.export(_Scan(), inputs(5, 6), input_names=names, dynamo=True, optimize=False,
-                                    dynamic_shapes=(spatial, per_direction, per_direction, per_direction, None, None,
-                                                    None))
+    pytest.importorskip('onnxscript')
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        SS2D(8, d_state=2, ssm_ratio=1.0, gate=False, conv_bias=False, channel_first=True)).eval()
+    path = tmp_path / 'ss2d.onnx'
+    with torch.no_grad(), export_scan(model, chunk=4, levels=3):
+        program = torch.onnx.export(model, (torch.randn(1, 3, 9, 12), ), input_names=['input'], dynamo=True,
+                                    optimize=False, dynamic_shapes=({2: 'height', 3: 'width'}, ))
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    for height, width in [(5, 6), (1, 3), (2, 2), (3, 7), (8, 8)]:
-        args = inputs(height, width)
-        out = session.run(None, {name: t.numpy() for name, t in zip(names, args)})[0]
-        ref = cross_selective_scan_ref(*args[:1], args[1], args[4], args[2], args[3], args[5], args[6], True)
-        assert_close(f'ONNX scan at {height}x{width}', torch.from_numpy(out), ref)
-    args = inputs(5, 13)  # 65 positions > 4 ** 3
-    out = session.run(None, {name: t.numpy() for name, t in zip(names, args)})[0]
-    assert math.isnan(out.sum()), 'a length past chunk ** levels must poison the output'
+    for height, width in [(9, 12), (1, 5), (4, 4), (7, 15), (16, 16)]:  # maps of 3 to 64 positions
+        x = torch.randn(1, 3, height, width)
+        out = torch.from_numpy(session.run(None, {'input': x.numpy()})[0])
+        with torch.no_grad():
+            assert_close(f'SS2D graph at {height}x{width}', out, model(x))
+    x = torch.randn(1, 3, 10, 26)  # a 5 x 13 map: 65 positions > 4 ** 3
+    assert math.isnan(session.run(None, {'input': x.numpy()})[0].sum()), 'lengths past chunk ** levels must poison'
