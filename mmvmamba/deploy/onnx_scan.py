@@ -11,8 +11,8 @@ to whole chunks of ``chunk`` steps (the padding and the chunk count are computed
 3. each state gets the true state before its chunk times its decay product since the chunk start.
 
 The graph therefore holds a fixed number of ops (no Loop) and is correct for every ``L`` up to
-``chunk ** levels`` (262,144 with the defaults: a 512 x 512 map in the first stage, i.e. a 2048 x 2048 image). Past that, the
-eager functions raise and an exported graph returns NaN (it cannot raise).
+``chunk ** levels`` (262,144 with the defaults: a 512 x 512 map in the first stage, i.e. a 2048 x 2048 image).
+Past that, the eager functions raise and an exported graph returns NaN (it cannot raise).
 
 Numerics: only products of decays ``exp(delta * A) <= 1`` and sums of non-negative weights times the drives are
 formed, as in the reference; a product that underflows becomes 0, which is the correct limit. There is no division
