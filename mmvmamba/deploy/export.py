@@ -12,10 +12,11 @@ The models are built through mmengine's registries with the config's ``default_s
 mmdet nor mmseg. ``onnx``, ``onnxscript`` and ``onnxruntime`` are imported when needed (``pip install
 mmvmamba[deploy]``).
 """
+import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +33,8 @@ from .onnx_scan import CHUNK, LEVELS, export_scan
 
 __all__ = [
     'DEFAULT_OPSET', 'MIN_OPSET', 'FP32_TOLERANCE', 'OPTIMIZE_MODES', 'SegmentorLogits', 'DetectorFeatures',
-    'export_kind', 'build_model', 'export_module', 'export_onnx', 'preprocess_image', 'demo_image',
-    'compare_with_onnxruntime', 'CheckResult', 'import_optional'
+    'DynamicAdaptiveAvgPool2d', 'dynamic_pooling', 'export_kind', 'build_model', 'export_module', 'export_onnx',
+    'preprocess_image', 'demo_image', 'compare_with_onnxruntime', 'CheckResult', 'import_optional'
 ]
 
 DEFAULT_OPSET = 18
@@ -82,6 +83,59 @@ class DetectorFeatures(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(self.detector.extract_feat(inputs))
+
+
+class DynamicAdaptiveAvgPool2d(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` as two averaging matmuls whose matrices are built from the run-time input size.
+
+    PyTorch's exporter traces adaptive pooling into gathers fixed at the traced size (UperNet's pyramid pooling would
+    read out of range at other sizes); here the bins are PyTorch's, ``[floor(i * n / m), ceil((i + 1) * n / m))``.
+
+    Args:
+        output_size: As in ``nn.AdaptiveAvgPool2d`` (an int, or a pair whose entries may be None: the input size).
+    """
+
+    def __init__(self, output_size: int | tuple[int | None, int | None]):
+        super().__init__()
+        self.output_size = output_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = self.output_size if isinstance(self.output_size, (tuple, list)) else (self.output_size, ) * 2
+        rows = _averaging_matrix(x.shape[-2], sizes[0], x)
+        cols = _averaging_matrix(x.shape[-1], sizes[1], x)
+        out = x if rows is None else torch.matmul(rows, x)
+        return out if cols is None else torch.matmul(out, cols.transpose(0, 1))
+
+
+def _averaging_matrix(size: int, bins: int | None, like: torch.Tensor) -> torch.Tensor | None:
+    """``[bins, size]``: row i averages positions ``floor(i * size / bins) .. ceil((i + 1) * size / bins) - 1``."""
+    if bins is None:
+        return None
+    index = torch.arange(bins, device=like.device)[:, None]
+    starts = index * size // bins
+    ends = ((index + 1) * size + bins - 1) // bins
+    positions = torch.arange(size, device=like.device)[None]
+    weights = ((positions >= starts) & (positions < ends)).to(like.dtype)
+    return weights / weights.sum(1, keepdim=True)
+
+
+@contextlib.contextmanager
+def dynamic_pooling(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every ``nn.AdaptiveAvgPool2d`` of ``model`` is a :class:`DynamicAdaptiveAvgPool2d`.
+
+    The modules are put back on exit, also on error.
+    """
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.AdaptiveAvgPool2d):
+                setattr(parent, name, DynamicAdaptiveAvgPool2d(child.output_size))
+                swapped.append((parent, name, child))
+    try:
+        yield model
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 def export_kind(cfg: Config) -> str:
@@ -158,7 +212,8 @@ def export_onnx(module: nn.Module,
         example: ``[1, 3, H, W]`` fp32 input the graph is traced with.
         path: Output ``.onnx`` file.
         dynamic: Height and width of the input are dynamic axes (``height``, ``width``); otherwise the graph is
-            valid only at the example's size. Default: False.
+            valid only at the example's size. Adaptive average pooling (UperNet's pyramid pooling) is then exported
+            as :class:`DynamicAdaptiveAvgPool2d` (see :func:`dynamic_pooling`). Default: False.
         opset: ONNX opset, at least :data:`MIN_OPSET`. Default: 18.
         chunk: Steps per chunk of the scan. Default: 64.
         levels: Chunk levels of the scan: maps up to ``chunk ** levels`` positions. Default: 3.
@@ -181,7 +236,8 @@ def export_onnx(module: nn.Module,
     output_names = _output_names(module, example)
     # Named axes become torch.export.Dim.DYNAMIC and keep their names in the file.
     dynamic_shapes = {'inputs': {2: 'height', 3: 'width'}} if dynamic else None
-    with torch.no_grad(), export_scan(module, chunk=chunk, levels=levels):
+    pooling = dynamic_pooling(module) if dynamic else contextlib.nullcontext()
+    with torch.no_grad(), export_scan(module, chunk=chunk, levels=levels), pooling:
         program = torch.onnx.export(
             module, (example, ),
             input_names=[INPUT_NAME],

@@ -2,8 +2,8 @@
 
 The UperNet (with a checkpoint saved here) and the Mask R-CNN backbone + neck (random weights) are exported
 statically at small sizes, which takes most of this file's time. Exporting a whole model with dynamic H and W takes
-minutes on 2 cores, so that test runs only with MMVMAMBA_TEST_DYNAMIC_EXPORT=1; CI checks dynamic graphs on an SS2D
-layer (tests/deploy/test_onnx_scan.py).
+minutes on 2 cores, so those tests run only with MMVMAMBA_TEST_DYNAMIC_EXPORT=1; CI checks dynamic graphs on an SS2D
+layer (tests/deploy/test_onnx_scan.py) and on UperNet's adaptive pooling (here).
 """
 import contextlib
 import importlib.util
@@ -19,7 +19,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import save_checkpoint
 
-from mmvmamba.deploy.export import build_model, compare_with_onnxruntime, export_kind, export_module, export_onnx
+from mmvmamba.deploy.export import (DynamicAdaptiveAvgPool2d, build_model, compare_with_onnxruntime, dynamic_pooling,
+                                    export_kind, export_module, export_onnx)
 from tests.paths import REPO_ROOT
 
 onnx = pytest.importorskip('onnx')
@@ -116,17 +117,21 @@ def test_mask_rcnn_features_static_export_matches_pytorch(tmp_path, capsys):
 
 @pytest.mark.skipif(os.environ.get(DYNAMIC_ENV) != '1',
                     reason=f'a dynamic export of a whole model takes 1.5-4 min on 2 cores; set {DYNAMIC_ENV}=1 '
-                    '(CI checks dynamic graphs on an SS2D layer: tests/deploy/test_onnx_scan.py)')
-def test_mask_rcnn_dynamic_export_matches_pytorch_at_other_sizes(tmp_path, capsys):
-    out_file = tmp_path / 'mask_rcnn_features.onnx'
-    code, out = _run(capsys, DET_CONFIG, 'none', '--out', out_file, *SIZE, '--dynamic', '--verify', '--repeats', '1')
+                    '(CI checks dynamic graphs on an SS2D layer and on adaptive pooling)')
+@pytest.mark.parametrize('config,outputs', [
+    pytest.param(DET_CONFIG, ['fpn0', 'fpn1', 'fpn2', 'fpn3', 'fpn4'], id='mask-rcnn'),
+    pytest.param(SEG_CONFIG, ['logits'], id='upernet'),
+])
+def test_dynamic_export_matches_pytorch_at_other_sizes(config, outputs, tmp_path, capsys):
+    out_file = tmp_path / 'dynamic.onnx'
+    code, out = _run(capsys, config, 'none', '--out', out_file, *SIZE, '--dynamic', '--verify', '--repeats', '1')
     assert code == 0, out
     rows = _rows(out)
     sizes = sorted({(r[1], r[2]) for r in rows})
     assert sizes == [(64, 64), (81, 75), (96, 128)], out  # 81 x 75: odd, not a multiple of 32
     assert len(rows) == 6 and all(r[3] <= 1e-4 and r[4] == 'ok' for r in rows), out
     model = onnx.load(str(out_file))
-    assert [o.name for o in model.graph.output] == ['fpn0', 'fpn1', 'fpn2', 'fpn3', 'fpn4']
+    assert [o.name for o in model.graph.output] == outputs
     assert [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [
         1, 3, 'height', 'width']
 
@@ -177,3 +182,32 @@ def test_command_line_errors(capsys):
     assert error.value.code == 2 and '--check-shapes' in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match='does not exist'):
         tool.main([str(SEG_CONFIG), 'none', '--out', 'missing.onnx', '--verify-only'])
+
+
+@pytest.mark.parametrize('output_size', [1, 2, 3, 6, (3, None)])
+def test_dynamic_adaptive_pooling_matches_pytorch(output_size):
+    for height, width in [(4, 4), (5, 6), (17, 9), (1, 2)]:
+        x = torch.randn(2, 5, height, width)
+        expected = torch.nn.AdaptiveAvgPool2d(output_size)(x)
+        torch.testing.assert_close(DynamicAdaptiveAvgPool2d(output_size)(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_pooling_graph_is_correct_at_other_sizes(tmp_path):
+    """UperNet's pyramid pooling in a dynamic graph: the stock adaptive pooling is traced into gathers fixed at the
+    traced size; inside dynamic_pooling it is correct at any size, and the module is put back afterwards."""
+    import onnxruntime as ort
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.AdaptiveAvgPool2d(6)).eval()
+    with torch.no_grad(), dynamic_pooling(model):
+        assert isinstance(model[1], DynamicAdaptiveAvgPool2d)
+        program = torch.onnx.export(model, (torch.randn(1, 3, 16, 16), ), input_names=['input'], dynamo=True,
+                                    optimize=False, dynamic_shapes=({2: 'height', 3: 'width'}, ))
+    assert type(model[1]) is torch.nn.AdaptiveAvgPool2d
+    program.save(str(tmp_path / 'pool.onnx'))
+    session = ort.InferenceSession(str(tmp_path / 'pool.onnx'), providers=['CPUExecutionProvider'])
+    for height, width in [(16, 16), (9, 13), (40, 7), (2, 2)]:
+        x = torch.randn(1, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {'input': x.numpy()})[0]), expected,
+                                   rtol=1e-5, atol=1e-6)
