@@ -56,6 +56,7 @@ setup(
         'triton': ['triton>=3.0'],
         'det': ['mmcv>=2.0.0,<2.2.0', 'mmdet>=3.0.0,<3.4.0'],
         'seg': ['mmcv>=2.0.0,<2.2.0', 'mmsegmentation>=1.0.0,<1.3.0', 'ftfy', 'regex'],
+        'deploy': ['onnx>=1.23', 'onnxscript>=0.7', 'onnxruntime>=1.31'],  # the versions tested (requirements.txt)
         'tests': ['pytest'],
     },
     cmdclass={'build_py': BuildPyWithMim},

@@ -31,6 +31,9 @@ class SS2D(nn.Module):
         channel_first: Work on ``[B, C, H, W]`` maps instead of ``[B, H, W, C]``. Default: False.
     """
 
+    # The fused scan stage (cross_selective_scan's signature); mmvmamba.deploy.export_scan sets one per instance.
+    scan_fn = staticmethod(cross_selective_scan)
+
     def __init__(self,
                  dim: int,
                  d_state: int = 16,
@@ -114,7 +117,7 @@ class SS2D(nn.Module):
         spatial = (height, width)
         # dt_proj is handed to the scan, which forms the step sizes ([B, 4, D, L], four times x) itself and keeps
         # only the low-rank dt for the backward.
-        return cross_selective_scan(
+        return self.scan_fn(
             x,
             dt.unflatten(-1, spatial),
             -torch.exp(self.A_logs.float()),
