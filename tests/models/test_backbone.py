@@ -123,6 +123,19 @@ def test_drop_path_schedule_is_linear_over_all_blocks():
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.5, len(rates)))
 
 
+def test_builds_on_the_meta_device_like_on_the_cpu():
+    """Large models are built on 'meta' before weights are loaded: nothing in __init__ may read tensor values."""
+    with torch.device('meta'):
+        meta_model = VMamba(**V2_SMALL, drop_path_rate=0.5)
+    cpu_model = VMamba(**V2_SMALL, drop_path_rate=0.5)
+    assert all(p.is_meta for p in meta_model.parameters())
+    assert {k: v.shape for k, v in meta_model.state_dict().items()} == {
+        k: v.shape for k, v in cpu_model.state_dict().items()}
+    rates = [[block.drop_path.drop_prob for layer in m.layers for block in layer.blocks]
+             for m in (meta_model, cpu_model)]
+    assert rates[0] == rates[1]
+
+
 @pytest.mark.parametrize('name', sorted(ARCH_SETTINGS))
 def test_every_preset_builds(name):
     model = VMamba(arch=name)

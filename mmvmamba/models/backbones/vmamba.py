@@ -110,7 +110,7 @@ class VMamba(BaseModule):
         self.patch_embed = stem(in_channels, self.dims[0], patch_size, channel_first)
 
         depths = settings['depths']
-        rates = torch.linspace(0, settings['drop_path_rate'], sum(depths)).tolist()
+        rates = torch.linspace(0, settings['drop_path_rate'], sum(depths), device='cpu').tolist()
         self.layers = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(self.dims, depths)):
             blocks = [
