@@ -1,14 +1,11 @@
 """tools/deploy/export_onnx.py on the demo configs: export, check in ONNX Runtime, and fail on a mismatch.
 
 The UperNet (with a checkpoint saved here) and the Mask R-CNN backbone + neck (random weights) are exported
-statically at small sizes, which takes most of this file's time. Exporting a whole model with dynamic H and W takes
-minutes on 2 cores, so those tests run only with MMVMAMBA_TEST_DYNAMIC_EXPORT=1; CI checks dynamic graphs on an SS2D
-layer (tests/deploy/test_onnx_scan.py) and on UperNet's adaptive pooling (here).
+statically at small sizes and with dynamic H and W; the dynamic exports take about 2 minutes each on 2 cores.
 """
 import contextlib
 import importlib.util
 import io
-import os
 import re
 import shutil
 import sys
@@ -19,8 +16,15 @@ import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import save_checkpoint
 
-from mmvmamba.deploy.export import (DynamicAdaptiveAvgPool2d, build_model, compare_with_onnxruntime, dynamic_pooling,
-                                    export_kind, export_module, export_onnx)
+from mmvmamba.deploy.export import (
+    DynamicAdaptiveAvgPool2d,
+    build_model,
+    compare_with_onnxruntime,
+    dynamic_pooling,
+    export_kind,
+    export_module,
+    export_onnx,
+)
 from tests.paths import REPO_ROOT
 
 onnx = pytest.importorskip('onnx')
@@ -30,7 +34,6 @@ pytest.importorskip('onnxscript')
 SEG_CONFIG = REPO_ROOT / 'configs' / 'seg' / 'upernet_vmamba-demo_shapes-128x128.py'
 DET_CONFIG = REPO_ROOT / 'configs' / 'det' / 'mask-rcnn_vmamba-demo_fpn_shapes.py'
 SIZE = ['--shape', '64', '64']
-DYNAMIC_ENV = 'MMVMAMBA_TEST_DYNAMIC_EXPORT'
 ROW = re.compile(r'^(random|image)\s+(\d+) x (\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(ok|FAIL)$', re.M)
 
 
@@ -115,9 +118,6 @@ def test_mask_rcnn_features_static_export_matches_pytorch(tmp_path, capsys):
     assert [o.name for o in model.graph.output] == ['fpn0', 'fpn1', 'fpn2', 'fpn3', 'fpn4']
 
 
-@pytest.mark.skipif(os.environ.get(DYNAMIC_ENV) != '1',
-                    reason=f'a dynamic export of a whole model takes 1.5-4 min on 2 cores; set {DYNAMIC_ENV}=1 '
-                    '(CI checks dynamic graphs on an SS2D layer and on adaptive pooling)')
 @pytest.mark.parametrize('config,outputs', [
     pytest.param(DET_CONFIG, ['fpn0', 'fpn1', 'fpn2', 'fpn3', 'fpn4'], id='mask-rcnn'),
     pytest.param(SEG_CONFIG, ['logits'], id='upernet'),

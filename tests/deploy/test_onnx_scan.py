@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from mmvmamba import VMamba
-from mmvmamba.deploy import (chunked_affine_scan, chunked_cross_selective_scan, chunked_selective_scan,
-                             export_scan)
+from mmvmamba.deploy import chunked_affine_scan, chunked_cross_selective_scan, chunked_selective_scan, export_scan
 from mmvmamba.models.layers.ss2d import SS2D
 from mmvmamba_kernels import cross_selective_scan, cross_selective_scan_ref, selective_scan_ref
 from tests.utils import assert_close

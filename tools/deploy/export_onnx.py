@@ -21,9 +21,20 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from mmvmamba.deploy.export import (DEFAULT_OPSET, FP32_TOLERANCE, OPTIMIZE_MODES, CheckResult, build_model,
-                                    compare_with_onnxruntime, demo_image, export_kind, export_module, export_onnx,
-                                    import_optional, preprocess_image)
+from mmvmamba.deploy.export import (
+    DEFAULT_OPSET,
+    FP32_TOLERANCE,
+    OPTIMIZE_MODES,
+    CheckResult,
+    build_model,
+    compare_with_onnxruntime,
+    demo_image,
+    export_kind,
+    export_module,
+    export_onnx,
+    import_optional,
+    preprocess_image,
+)
 from mmvmamba.deploy.onnx_scan import CHUNK, LEVELS
 
 NO_CHECKPOINT = 'none'
