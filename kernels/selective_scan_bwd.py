@@ -14,7 +14,7 @@ from .selective_scan_fwd import affine_combine, seq_to_spatial_index, softplus
 
 @triton.jit
 def _bwd_chunk_loads(p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, t_lo, m_d, m_n, i_k, L, H, W, N,
-                     NCHUNK, SPATIAL: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr):
+                     SPATIAL: tl.constexpr, SUMMARY: tl.constexpr, BLOCK_T: tl.constexpr):
     # the backward's loads for chunk c (raw dtypes); steps before t_lo (another segment's) are not read
     o_t = c * BLOCK_T + tl.arange(0, BLOCK_T)
     m_t = (o_t < L) & (o_t >= t_lo)
@@ -138,7 +138,7 @@ def selective_scan_bwd_kernel(
     if PREFETCH:  # the loads of chunk c - 1 are issued before chunk c is computed
         nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0 = _bwd_chunk_loads(
             p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c_end - 1, c_begin * BLOCK_T, m_d, m_n, i_k, L, H,
-            W, N, NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
+            W, N, SPATIAL, SUMMARY, BLOCK_T)
     for i in range(0, c_end - c_begin):
         c = c_end - 1 - i
         o_t = c * BLOCK_T + o_tl
@@ -154,11 +154,11 @@ def selective_scan_bwd_kernel(
             r_x, r_xn, r_dy, r_C, r_u, r_B, b_h0 = nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0
             nx_x, nx_xn, nx_dy, nx_C, nx_u, nx_B, nx_h0 = _bwd_chunk_loads(
                 p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c - 1, c_begin * BLOCK_T, m_d, m_n, i_k, L,
-                H, W, N, NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
+                H, W, N, SPATIAL, SUMMARY, BLOCK_T)
         else:
             r_x, r_xn, r_dy, r_C, r_u, r_B, b_h0 = _bwd_chunk_loads(
                 p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, c_begin * BLOCK_T, m_d, m_n, i_k, L, H, W, N,
-                NCHUNK, SPATIAL, SUMMARY, BLOCK_T)
+                SPATIAL, SUMMARY, BLOCK_T)
         b_x = r_x.to(tl.float32)
         b_xn = r_xn.to(tl.float32)
         if HAS_DELTA_BIAS:
