@@ -154,7 +154,6 @@ def launch_scan_bwd(u, delta, A, B, C, D, delta_bias, dout, hs, delta_softplus: 
             dC.sum(2).to(grad_bc_dtype or C.dtype), dD, ddb)
 
 
-
 @input_guard
 def sequence_scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus: bool, block_t: int,
                       seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:

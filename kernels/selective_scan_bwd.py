@@ -42,7 +42,6 @@ def _bwd_chunk_loads(p_delta, p_dout, p_C, p_u, p_B, p_hs, o_x, o_bc, o_hs, c, t
     return x, xn, dy, cm, u, bm, h0
 
 
-
 @triton.jit(do_not_specialize=['K', 'DIM', 'N', 'NCHUNK', 'NSLOT', 'SEG_CHUNKS', 'NSEG', 'H', 'W'])
 def selective_scan_bwd_kernel(
     p_u,           # [B, K*D, L]

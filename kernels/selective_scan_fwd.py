@@ -28,10 +28,10 @@ def softplus(x):
 
 @triton.jit
 def seq_to_spatial_index(t, i_k, L, H, W):
-    # step t of direction k -> row-major map position (VMamba's four cross-scan orders)
+    # step t of direction k -> its row-major map position (the four cross-scan orders; seq_to_spatial of
+    # cross_selective_scan_ref.py does this to whole tensors)
     tt = tl.where(i_k >= 2, L - 1 - t, t)
     return tl.where(i_k % 2 == 1, (tt % H) * W + tt // H, tt)
-
 
 
 # L keeps Triton's divisibility specialisation (vector loads when L % 16 == 0); the other sizes never recompile.
