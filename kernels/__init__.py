@@ -23,11 +23,13 @@ except ImportError:
 
 if HAS_TRITON:
     from . import cross_scan as _cross_scan_triton
+    from . import cross_scan_kernels as _cross_scan_kernels
     from . import cross_selective_scan as _cross_selective_scan_triton
     from . import layer_norm as _layer_norm_triton
     from . import selective_scan as _selective_scan_triton
 else:
     _cross_scan_triton = _cross_selective_scan_triton = _selective_scan_triton = _layer_norm_triton = None
+    _cross_scan_kernels = None
 
 __all__ = [
     'cross_scan', 'cross_merge', 'selective_scan', 'cross_selective_scan', 'cross_scan_ref', 'cross_merge_ref',
@@ -37,7 +39,7 @@ __all__ = [
 
 def _interpreted() -> bool:
     # Under TRITON_INTERPRET=1, triton.jit returns an InterpretedFunction that runs on CPU tensors.
-    return type(_cross_scan_triton._cross_scan_fwd_kernel).__name__ == 'InterpretedFunction'
+    return type(_cross_scan_kernels.cross_scan_kernel).__name__ == 'InterpretedFunction'
 
 
 def _want_triton(use_triton: bool | None, tensor: torch.Tensor) -> bool:

@@ -1,31 +1,31 @@
 """Triton fused SS2D scan stage: cross-scan + selective scan + cross-merge without the ``[B, 4, D, L]`` copies.
 
-The forward is the selective-scan kernel of selective_scan.py run with ``SPATIAL=True``: step ``t`` of direction
-``k`` reads ``x``, ``delta``, ``B`` and ``C`` at map position ``p = pos_k(t)`` (the cross-scan orders), and the
-output is accumulated over the four directions into the spatial ``[B, D, H, W]`` tensor with fp32 atomics, so the
-``[B, 4, D, L]`` copies are never materialised. The backward does the same (``dx`` by atomics). On long maps each
-direction instead runs the sequence-layout kernel on cross-scanned copies, which measured faster there (the
-spatial kernel's column-order directions read the map with a stride of a row; docs/benchmarks.md): beyond
-``SPATIAL_FWD_MAX_LENGTH`` for the forward, ``SPATIAL_BWD_MAX_LENGTH`` for the backward. With a low-rank ``delta``
-that route copies the low-rank step sizes (``R`` rows, not ``D``) into the scan orders and forms the full ones there.
-Under ``torch.use_deterministic_algorithms(True)`` both directions take the sequence-layout route, whose sums have a
-fixed order (the atomics' order varies from run to run).
+The forward is the selective-scan kernel of selective_scan_fwd.py run with ``SPATIAL=True``: step ``t`` of direction
+``k`` reads ``x``, ``delta``, ``B`` and ``C`` at map position ``p = pos_k(t)`` (the cross-scan orders:
+``seq_to_spatial_index`` there), and the output is accumulated over the four directions into the spatial
+``[B, D, H, W]`` tensor with fp32 atomics, so the ``[B, 4, D, L]`` copies are never materialised. The backward
+does the same (``dx`` by atomics). On long maps each direction instead runs the sequence-layout kernel on
+cross-scanned copies, which measured faster there (the spatial kernel's column-order directions read the map with a
+stride of a row; docs/benchmarks.md): beyond ``SPATIAL_FWD_MAX_LENGTH`` for the forward, ``SPATIAL_BWD_MAX_LENGTH``
+for the backward (both in scan_launch.py). With a low-rank ``delta`` that route copies the low-rank step sizes
+(``R`` rows, not ``D``) into the scan orders and forms the full ones there. Under
+``torch.use_deterministic_algorithms(True)`` both directions take the sequence-layout route, whose sums have a fixed
+order (the atomics' order varies from run to run).
 """
 import torch
 import triton
 
-from .cross_scan import _cross_scan_bwd, _cross_scan_fwd
-from .selective_scan import _launch_bwd, _launch_fwd, scan_config
+from .scan_launch import (
+    launch_cross_merge,
+    launch_cross_scan,
+    launch_scan_bwd,
+    launch_scan_fwd,
+    launch_seq_to_spatial,
+    launch_spatial_to_seq,
+    scan_config,
+    sequence_route,
+)
 from .utils import eager_or_custom_op, input_guard
-
-# Up to these lengths the spatial kernel runs; beyond them, the sequence-layout kernel on cross-scanned copies
-# (measured on an H100, docs/benchmarks.md).
-SPATIAL_FWD_MAX_LENGTH = 8192
-SPATIAL_BWD_MAX_LENGTH = 1024
-
-
-def _sequence_route(length: int, max_spatial_length: int) -> bool:
-    return length > max_spatial_length or torch.are_deterministic_algorithms_enabled()
 
 
 def _pad_rank(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,10 +53,10 @@ def _sequence_layout(x, delta, B, C, weight, delta_dtype) -> tuple[torch.Tensor,
     ``[B, 4, N, L]``; and the low-rank ``delta`` in the scan orders (``None`` without ``weight``)."""
     batch, dim, height, width = x.shape
     rows, length = 4 * dim, height * width
-    dt_s = _cross_scan_fwd(delta, per_direction=True)
+    dt_s = launch_spatial_to_seq(delta)
     delta_s = dt_s if weight is None else _expand(dt_s, weight, delta_dtype)
-    return (_cross_scan_fwd(x).view(batch, rows, length), delta_s.view(batch, rows, length),
-            _cross_scan_fwd(B, per_direction=True), _cross_scan_fwd(C, per_direction=True),
+    return (launch_cross_scan(x).view(batch, rows, length), delta_s.view(batch, rows, length),
+            launch_spatial_to_seq(B), launch_spatial_to_seq(C),
             None if weight is None else dt_s)
 
 
@@ -72,7 +72,7 @@ def _low_rank_grads(ddelta, dt, weight) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @input_guard
-def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype,
+def cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype,
                               delta_softplus: bool, block_t: int, seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the fused forward: ``(out [B, D, H, W] fp32, chunk-start states [B*4*D, NCHUNK, N] fp32)``.
 
@@ -80,19 +80,19 @@ def _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weigh
     """
     batch, dim, height, width = x.shape
     length = height * width
-    if not _sequence_route(length, SPATIAL_FWD_MAX_LENGTH):
+    if not sequence_route(length, 'fwd'):
         full = _expand(delta, delta_proj_weight, delta_dtype)
-        return _launch_fwd(x, full, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
+        return launch_scan_fwd(x, full, A, B, C, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim, length,
                            (height, width))
     # the four directions in the sequence layout, summed by the merge kernel
     xs, delta_s, B_s, C_s, _ = _sequence_layout(x, delta, B, C, delta_proj_weight, delta_dtype)
-    out, hs = _launch_fwd(xs, delta_s, A, B_s, C_s, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
+    out, hs = launch_scan_fwd(xs, delta_s, A, B_s, C_s, D, delta_bias, delta_softplus, block_t, seg_chunks, batch, dim,
                           length, None)
-    return _cross_scan_bwd(out.view(batch, 4, dim, length), height, width), hs
+    return launch_cross_merge(out.view(batch, 4, dim, length), height, width), hs
 
 
 @input_guard
-def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype, dout,
+def cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype: torch.dtype, dout,
                               hs, delta_softplus: bool, block_t: int, seg_chunks: int) -> tuple[torch.Tensor, ...]:
     """Launch the fused backward: ``(dx, ddelta, dA, dB, dC, dD, ddelta_bias, ddelta_proj_weight)`` in the spatial
     layout; ``ddelta`` has ``delta``'s shape (low-rank with ``delta_proj_weight``), and ``ddelta_proj_weight`` is
@@ -100,9 +100,9 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weigh
     batch, dim, height, width = x.shape
     length = height * width
     weight = delta_proj_weight
-    if not _sequence_route(length, SPATIAL_BWD_MAX_LENGTH):
+    if not sequence_route(length, 'bwd'):
         full = _expand(delta, weight, delta_dtype)
-        dx, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(x, full, A, B, C, D, delta_bias, dout, hs, delta_softplus,
+        dx, ddelta, dA, dB, dC, dD, ddb = launch_scan_bwd(x, full, A, B, C, D, delta_bias, dout, hs, delta_softplus,
                                                       block_t, seg_chunks, batch, dim, length, (height, width))
         dweight = x.new_empty(0)
         if weight is not None:
@@ -110,18 +110,18 @@ def _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weigh
         return dx, ddelta, dA, dB.view(B.shape), dC.view(C.shape), dD, ddb, dweight
     # sequence layout; dout is cross-scanned like x (the adjoint of the forward's merge)
     xs, delta_s, B_s, C_s, dt_s = _sequence_layout(x, delta, B, C, weight, delta_dtype)
-    dout_s = _cross_scan_fwd(dout).view(batch, 4 * dim, length)
-    du, ddelta, dA, dB, dC, dD, ddb = _launch_bwd(xs, delta_s, A, B_s, C_s, D, delta_bias, dout_s, hs,
+    dout_s = launch_cross_scan(dout).view(batch, 4 * dim, length)
+    du, ddelta, dA, dB, dC, dD, ddb = launch_scan_bwd(xs, delta_s, A, B_s, C_s, D, delta_bias, dout_s, hs,
                                                   delta_softplus, block_t, seg_chunks, batch, dim, length, None,
                                                   grad_bc_dtype=torch.float32)
     ddelta = ddelta.view(batch, 4, dim, length)
     dweight = x.new_empty(0)
     if weight is not None:  # the low-rank gradients in the scan orders: R rows go back to the map, not D
         ddelta, dweight = _low_rank_grads(ddelta, dt_s, weight)
-    return (_cross_scan_bwd(du.view(batch, 4, dim, length), height, width),
-            _cross_scan_bwd(ddelta, height, width, per_direction=True), dA,
-            _cross_scan_bwd(dB, height, width, per_direction=True, out_dtype=B.dtype),
-            _cross_scan_bwd(dC, height, width, per_direction=True, out_dtype=C.dtype), dD, ddb, dweight)
+    return (launch_cross_merge(du.view(batch, 4, dim, length), height, width),
+            launch_seq_to_spatial(ddelta, height, width), dA,
+            launch_seq_to_spatial(dB, height, width, out_dtype=B.dtype),
+            launch_seq_to_spatial(dC, height, width, out_dtype=C.dtype), dD, ddb, dweight)
 
 
 @torch.library.custom_op('mmvmamba::cross_selective_scan_fwd', mutates_args=())
@@ -130,7 +130,7 @@ def _cross_selective_scan_fwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.
                                  delta_proj_weight: torch.Tensor | None, delta_dtype: torch.dtype,
                                  delta_softplus: bool, block_t: int,
                                  seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype,
+    return cross_selective_scan_fwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype,
                                      delta_softplus, block_t, seg_chunks)
 
 
@@ -149,7 +149,7 @@ def _cross_selective_scan_bwd_op(x: torch.Tensor, delta: torch.Tensor, A: torch.
                                  dout: torch.Tensor, hs: torch.Tensor, delta_softplus: bool, block_t: int,
                                  seg_chunks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, dout, hs,
+    return cross_selective_scan_bwd(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, dout, hs,
                                      delta_softplus, block_t, seg_chunks)
 
 
@@ -166,8 +166,8 @@ def _(x, delta, A, B, C, D, delta_bias, delta_proj_weight, delta_dtype, dout, hs
             x.new_empty(0) if delta_proj_weight is None else torch.empty_like(delta_proj_weight))
 
 
-_fused_fwd = eager_or_custom_op('cross_selective_scan_fwd', _cross_selective_scan_fwd)
-_fused_bwd = eager_or_custom_op('cross_selective_scan_bwd', _cross_selective_scan_bwd)
+_fused_fwd = eager_or_custom_op('cross_selective_scan_fwd', cross_selective_scan_fwd)
+_fused_bwd = eager_or_custom_op('cross_selective_scan_bwd', cross_selective_scan_bwd)
 
 
 def _autocast_dtype(t: torch.Tensor) -> torch.dtype:

@@ -19,8 +19,7 @@ import triton
 
 import mmvmamba_kernels as mk
 
-cs = importlib.import_module('mmvmamba_kernels.cross_scan')   # the modules (the package exports same-named functions)
-ss = importlib.import_module('mmvmamba_kernels.selective_scan')
+launch = importlib.import_module('mmvmamba_kernels.scan_launch')   # the kernels' host launchers
 
 QUANTILES = [0.5, 0.2, 0.8]
 # anchors.md, official VMamba (CUDA selective scan "oflex", Triton cross-scan/merge) on the same kind of H100, ms
@@ -138,13 +137,13 @@ def main() -> None:
             record('selective_scan', shape, 'triton', mode, t, nbytes[mode])
         # the kernels alone (host launchers in a CUDA graph), as the official rows time the CUDA extension's calls
         tensors = [inputs[k].detach() for k in ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')]
-        block_t = ss.scan_config(height * width, 1)['block_t']
-        out, hs = ss._selective_scan_fwd(*tensors, True, block_t, 0)
+        block_t = launch.scan_config(height * width, 1)['block_t']
+        out, hs = launch.sequence_scan_fwd(*tensors, True, block_t, 0)
         dout = torch.randn_like(out)
         record('selective_scan', shape, 'triton_graph', 'fwd',
-               bench_graph(lambda: ss._selective_scan_fwd(*tensors, True, block_t, 0)), nbytes['fwd'])
+               bench_graph(lambda: launch.sequence_scan_fwd(*tensors, True, block_t, 0)), nbytes['fwd'])
         record('selective_scan', shape, 'triton_graph', 'bwd',
-               bench_graph(lambda: ss._selective_scan_bwd(*tensors, dout, hs, True, block_t, 0)), nbytes['bwd'])
+               bench_graph(lambda: launch.sequence_scan_bwd(*tensors, dout, hs, True, block_t, 0)), nbytes['bwd'])
         # the references (a log-depth prefix scan over L) and Inductor's kernels for them, as baselines
         for provider, ref_fn in ([] if args.only_graph else ref_providers):
             for mode, t in modes(ref_fn, inputs).items():
@@ -161,10 +160,11 @@ def main() -> None:
     if not args.skip_compile:
         providers.append(('torch_compile', torch.compile(mk.cross_scan_ref), torch.compile(mk.cross_merge_ref)))
     if not args.only_fused:
-        record('cross_scan', '224-b128-stage1', 'triton_graph', 'fwd', bench_graph(lambda: cs._cross_scan_fwd(x_map)),
-               nbytes)
+        record('cross_scan', '224-b128-stage1', 'triton_graph', 'fwd',
+               bench_graph(lambda: launch.launch_cross_scan(x_map)), nbytes)
+        y_seq = y_map.detach().view(batch, 4, dim, -1)
         record('cross_merge', '224-b128-stage1', 'triton_graph', 'fwd',
-               bench_graph(lambda: cs._cross_scan_bwd(y_map.detach().view(batch, 4, dim, -1), height, width)), nbytes)
+               bench_graph(lambda: launch.launch_cross_merge(y_seq, height, width)), nbytes)
     for provider, scan_fn, merge_fn in ([] if args.only_graph or args.only_fused else providers):
         for mode, t in modes(lambda x: scan_fn(x), dict(x=x_map)).items():
             record('cross_scan', '224-b128-stage1', provider, mode, t, nbytes * (2 if mode == 'fwd_bwd' else 1))

@@ -2,20 +2,6 @@
 # Distributed training with torchrun and mmengine's pytorch launcher.
 #   bash tools/dist_train.sh CONFIG GPUS [tools/train.py options]
 # Several nodes: run it on each with NNODES, NODE_RANK (0..NNODES-1), MASTER_ADDR (node 0's address) and PORT set.
-set -euo pipefail
-if [ $# -lt 2 ]; then
-  echo "usage: bash $0 CONFIG GPUS [tools/train.py options]" >&2
-  exit 2
-fi
-CONFIG=$1
-GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-PYTHON=${PYTHON:-python}
-
-exec "$PYTHON" -m torch.distributed.run \
-  --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$PORT" \
-  --nproc_per_node="$GPUS" \
-  "$(dirname "$0")/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+DIST_ENTRY=train.py
+DIST_ARGS="CONFIG GPUS"
+source "$(dirname "$0")/dist_launch.sh"

@@ -64,16 +64,16 @@ def test_cross_merge(batch, channels, height, width, dtype):
 def test_per_direction_scan_and_its_inverse(batch, channels, height, width, dtype):
     """The fused backward's layout changes: direction k of a ``[B, 4, X, H, W]`` tensor into direction k's order
     and back; pure permutations, so they must equal the PyTorch references exactly."""
-    from mmvmamba_kernels.cross_scan import _cross_scan_bwd, _cross_scan_fwd
     from mmvmamba_kernels.cross_selective_scan_ref import seq_to_spatial, spatial_to_seq
+    from mmvmamba_kernels.scan_launch import launch_seq_to_spatial, launch_spatial_to_seq
 
     t = torch.randn(batch, 4, channels, height, width, device=DEVICE).to(dtype)
-    seq = _cross_scan_fwd(t, per_direction=True)
+    seq = launch_spatial_to_seq(t)
     assert seq.dtype == dtype and torch.equal(seq, spatial_to_seq(t))
-    back = _cross_scan_bwd(seq, height, width, per_direction=True)
+    back = launch_seq_to_spatial(seq, height, width)
     assert back.dtype == dtype and torch.equal(back, t)
     seq32 = torch.randn(batch, 4, channels, height * width, device=DEVICE)
-    cast = _cross_scan_bwd(seq32, height, width, per_direction=True, out_dtype=dtype)
+    cast = launch_seq_to_spatial(seq32, height, width, out_dtype=dtype)
     # the fp32 -> 16-bit rounding may differ by one unit between Triton (or its interpreter) and PyTorch
     assert cast.dtype == dtype
     torch.testing.assert_close(cast.float(), seq_to_spatial(seq32, height, width).to(dtype).float(), atol=0,
@@ -86,13 +86,13 @@ def test_both_merge_kernels(monkeypatch, path, height, width):
     """The flat and the tiled merge kernel (chosen by the map's width) each on maps of both kinds, summed and per
     direction; the permutations must be exact."""
     from mmvmamba_kernels.cross_selective_scan_ref import seq_to_spatial
-    cs = importlib.import_module('mmvmamba_kernels.cross_scan')   # the package exports a function of that name
+    launch = importlib.import_module('mmvmamba_kernels.scan_launch')
 
-    monkeypatch.setattr(cs, 'MERGE_TILE_MIN_ROWS', 0 if path == 'flat' else 10**9)
+    monkeypatch.setattr(launch, 'MERGE_TILE_MIN_ROWS', 0 if path == 'flat' else 10**9)
     seq = torch.randn(2, 4, 3, height * width, device=DEVICE)
-    merged = cs._cross_scan_bwd(seq, height, width)
+    merged = launch.launch_cross_merge(seq, height, width)
     torch.testing.assert_close(merged, mk.cross_merge_ref(seq.view(2, 4, 3, height, width)), rtol=1e-6, atol=1e-6)
-    assert torch.equal(cs._cross_scan_bwd(seq, height, width, per_direction=True), seq_to_spatial(seq, height, width))
+    assert torch.equal(launch.launch_seq_to_spatial(seq, height, width), seq_to_spatial(seq, height, width))
 
 
 def test_cross_scan_accepts_strided_input():

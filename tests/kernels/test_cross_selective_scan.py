@@ -11,6 +11,7 @@ from tests.kernels.test_selective_scan import DEVICE, DTYPES, check_against_ref
 from tests.utils import assert_close
 
 css = importlib.import_module('mmvmamba_kernels.cross_selective_scan')
+launch = importlib.import_module('mmvmamba_kernels.scan_launch')   # routes, tiles and the kernels' launches
 
 
 def make_spatial_inputs(batch: int, dim: int, height: int, width: int, d_state: int, device: str = DEVICE) -> dict:
@@ -59,7 +60,7 @@ ROUTES = {'spatial': {}, 'sequence-bwd': dict(SPATIAL_BWD_MAX_LENGTH=0),
 
 def _route(monkeypatch, route: str) -> None:
     for name, value in ROUTES[route].items():
-        monkeypatch.setattr(css, name, value)
+        monkeypatch.setattr(launch, name, value)
 
 
 @pytest.mark.parametrize('dtype', DTYPES, ids=lambda d: str(d)[6:])
@@ -80,10 +81,9 @@ def test_cross_selective_scan_low_rank_delta(route, dtype, monkeypatch):
 def test_cross_selective_scan_sequence_route(d_state, monkeypatch):
     """Maps longer than SPATIAL_FWD_MAX_LENGTH run forward and backward through cross-scanned copies."""
     _route(monkeypatch, 'sequence')
-    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
     launches = []
-    for name in ('_selective_scan_fwd_kernel', '_selective_scan_bwd_kernel'):
-        monkeypatch.setattr(ss, name, _RecordLaunches(getattr(ss, name), launches))
+    for name in ('selective_scan_fwd_kernel', 'selective_scan_bwd_kernel'):
+        monkeypatch.setattr(launch, name, _RecordLaunches(getattr(launch, name), launches))
     inputs = make_spatial_inputs(2, 3, 7, 5, d_state)
     check_against_ref(lambda **kw: mk.cross_selective_scan(**kw, use_triton=True), mk.cross_selective_scan_ref,
                       inputs, torch.float32)
@@ -104,9 +104,8 @@ def test_low_rank_delta_shape_errors():
 @pytest.mark.parametrize('seg_chunks', [1, 2], ids=lambda s: f'seg{s}')
 def test_cross_selective_scan_split_along_L(seg_chunks, fwd_split, monkeypatch):
     """Chunks, L-segments and (fwd_split 2) forward chunks of two backward chunks, at a small L."""
-    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
-    monkeypatch.setitem(ss.TUNING, 'long_length', 0)
-    monkeypatch.setitem(ss.TUNING, 'fwd_split_long', fwd_split)
+    monkeypatch.setitem(launch.TUNING, 'long_length', 0)
+    monkeypatch.setitem(launch.TUNING, 'fwd_split_long', fwd_split)
     inputs = make_spatial_inputs(2, 3, 9, 7, 1)   # L = 63: 4 chunks of 16 steps
 
     def fn(x, delta, A, B, C, D, delta_bias):
@@ -136,14 +135,14 @@ def test_spatial_and_sequence_routes_agree(low_rank, monkeypatch):
     if low_rank:
         s['delta'] = torch.randn(2, 4, 2, 6, 7, device=DEVICE)
     args = [s[k] for k in ('x', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')] + [weight, torch.float32]
-    out, hs = css._cross_selective_scan_fwd(*args, True, 16, 2)
+    out, hs = css.cross_selective_scan_fwd(*args, True, 16, 2)
     dout = torch.randn_like(out)
-    spatial = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
+    spatial = css.cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
     _route(monkeypatch, 'sequence')
-    out_seq, hs_seq = css._cross_selective_scan_fwd(*args, True, 16, 2)
+    out_seq, hs_seq = css.cross_selective_scan_fwd(*args, True, 16, 2)
     assert_close('out', out_seq, out)
     assert_close('hs', hs_seq, hs)
-    sequence = css._cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
+    sequence = css.cross_selective_scan_bwd(*args, dout, hs, True, 16, 2)
     names = ('dx', 'ddelta', 'dA', 'dB', 'dC', 'dD', 'ddelta_bias', 'ddelta_proj_weight')
     for name, a, b in zip(names, spatial, sequence, strict=True):
         assert a.shape == b.shape, name
@@ -169,10 +168,9 @@ class _RecordLaunches:
 def test_deterministic_algorithms_avoid_atomics(deterministic, monkeypatch):
     """Under torch.use_deterministic_algorithms the scan takes the sequence-layout routes and one dB/dC buffer per row
     block (no atomics, whose order varies); by default the same call uses the spatial kernels and shared slots."""
-    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
     launches = []
-    for name in ('_selective_scan_fwd_kernel', '_selective_scan_bwd_kernel'):
-        monkeypatch.setattr(ss, name, _RecordLaunches(getattr(ss, name), launches))
+    for name in ('selective_scan_fwd_kernel', 'selective_scan_bwd_kernel'):
+        monkeypatch.setattr(launch, name, _RecordLaunches(getattr(launch, name), launches))
     inputs = make_spatial_inputs(2, 9, 5, 7, 1)   # L = 35: spatial backward by default; 3 row blocks of 4 rows
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(deterministic)

@@ -63,10 +63,9 @@ def _n_compiled(kernel) -> int:
 
 def test_new_sizes_do_not_recompile():
     """H, W and L are runtime arguments: once each L % 16 class has been seen, new sizes compile nothing."""
-    cs = importlib.import_module('mmvmamba_kernels.cross_scan')   # the package's cross_scan is the function
-    ss = importlib.import_module('mmvmamba_kernels.selective_scan')
-    kernels = [cs._cross_scan_fwd_kernel, cs._cross_merge_flat_kernel, cs._cross_merge_tile_kernel,
-               ss._selective_scan_fwd_kernel, ss._selective_scan_bwd_kernel]
+    launch = importlib.import_module('mmvmamba_kernels.scan_launch')
+    kernels = [launch.cross_scan_kernel, launch.cross_merge_flat_kernel, launch.cross_merge_tile_kernel,
+               launch.selective_scan_fwd_kernel, launch.selective_scan_bwd_kernel]
 
     def step(height, width, batch=1):
         x = torch.randn(batch, 8, height, width, device='cuda', dtype=torch.bfloat16, requires_grad=True)

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import mmvmamba_kernels as mk
-from mmvmamba_kernels.selective_scan import SelectiveScanFunction, scan_config
+from mmvmamba_kernels.scan_launch import scan_config
+from mmvmamba_kernels.selective_scan import SelectiveScanFunction
 from tests.utils import assert_close
 
-ss = importlib.import_module('mmvmamba_kernels.selective_scan')   # the package's selective_scan is the function
+launch = importlib.import_module('mmvmamba_kernels.scan_launch')   # tiles and launchers of the kernels
 
 DEVICE = 'cuda' if torch.cuda.is_available() else 'cpu'
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -131,9 +132,9 @@ def test_selective_scan(batch, groups, dim, length, d_state, dtype):
 def test_selective_scan_split_along_L(seg_chunks, prefetch, d_state, fwd_split, monkeypatch):
     """Several chunks and several L-segments (summary pass + look-back), forced at a small L; with fwd_split > 1
     (N = 1 only) the forward walks chunks of fwd_split * 16 steps and saves the states inside them."""
-    monkeypatch.setitem(ss.TUNING, 'prefetch', prefetch)
-    monkeypatch.setitem(ss.TUNING, 'long_length', 0)
-    monkeypatch.setitem(ss.TUNING, 'fwd_split_long', fwd_split)
+    monkeypatch.setitem(launch.TUNING, 'prefetch', prefetch)
+    monkeypatch.setitem(launch.TUNING, 'long_length', 0)
+    monkeypatch.setitem(launch.TUNING, 'fwd_split_long', fwd_split)
     inputs = make_inputs(2, 2, 3, 71, d_state)   # 5 chunks of 16 steps: 5, 3 or 1 segments
 
     def fn(u, delta, A, B, C, D, delta_bias):
@@ -155,15 +156,15 @@ def test_selective_scan_options(has_D, has_bias, softplus):
 @pytest.mark.parametrize('slots', [0, 1, 2], ids=lambda n: f'slots{n}')
 def test_selective_scan_shared_partial_slots(slots, monkeypatch):
     """dB, dC partial sums of 4 row blocks (D = 7, two rows a block) in 1 or 2 slots through atomics, or one each."""
-    monkeypatch.setitem(ss.TUNING, 'bc_slots', slots)
+    monkeypatch.setitem(launch.TUNING, 'bc_slots', slots)
     inputs = make_inputs(2, 2, 7, 71, 1)
     check_against_ref(lambda **kw: mk.selective_scan(**kw, use_triton=True), mk.selective_scan_ref, inputs,
                       torch.float32)
 
 
 def test_forward_split_only_on_long_single_state_scans():
-    assert ss.forward_split(66800, 1) == ss.TUNING['fwd_split_long'] > 1
-    assert ss.forward_split(3136, 1) == ss.forward_split(66800, 16) == 1
+    assert launch.forward_split(66800, 1) == launch.TUNING['fwd_split_long'] > 1
+    assert launch.forward_split(3136, 1) == launch.forward_split(66800, 16) == 1
 
 
 def test_scan_config_block_t_is_shared():

@@ -94,8 +94,8 @@ def _reference_launchers(monkeypatch):
         ddb = ddb if ddb is not None else x.new_zeros(A.shape[0])
         return dx, ddelta, dA, dB, dC, dD, ddb, dweight if dweight is not None else x.new_empty(0)
 
-    monkeypatch.setattr(fused, '_cross_selective_scan_fwd', forward)
-    monkeypatch.setattr(fused, '_cross_selective_scan_bwd', backward)
+    monkeypatch.setattr(fused, 'cross_selective_scan_fwd', forward)
+    monkeypatch.setattr(fused, 'cross_selective_scan_bwd', backward)
     # the Triton path only while Dynamo traces (the eager model keeps the reference)
     monkeypatch.setattr(mmvmamba_kernels, '_want_triton',
                         lambda use_triton, tensor: use_triton is not False and torch.compiler.is_compiling())

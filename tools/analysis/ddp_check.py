@@ -46,6 +46,8 @@ DROPOUT_KEYS = ('dropout_ratio', 'drop_rate', 'drop_path_rate', 'attn_drop_rate'
 # Transforms that draw random numbers without 'Random' in their names.
 OTHER_RANDOM_TRANSFORMS = ('PhotoMetricDistortion', 'Mosaic', 'MixUp', 'CopyPaste', 'AutoAugment', 'CutOut', 'Albu')
 RECORD_KEYS = ('iter', 'world_size')
+# The arguments the report records.
+SETTINGS = ('config', 'gpus', 'total_batch', 'iters', 'compare_iters', 'seed', 'amp', 'rtol', 'metric_tol')
 
 
 class CommandFailed(RuntimeError):
@@ -88,18 +90,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def is_random_transform(type_name: str) -> bool:
-    name = type_name.split('.')[-1]
-    return 'Random' in name or name in OTHER_RANDOM_TRANSFORMS
-
-
 def deterministic_pipeline(cfg) -> list:
     """The config's test pipeline, to train on: both runs then see the same pixels for the same images."""
     pipeline = cfg.get('test_pipeline') or next(leaf_datasets(cfg.test_dataloader.dataset))[1].get('pipeline')
     if not pipeline:
         raise ValueError('the config has neither test_pipeline nor test_dataloader.dataset.pipeline to train on')
     types = [step['type'] for step in pipeline]
-    random = [t for t in types if is_random_transform(t)]
+    random = [t for t in types if 'Random' in t.split('.')[-1] or t.split('.')[-1] in OTHER_RANDOM_TRANSFORMS]
     if random:
         raise ValueError(f'the test pipeline has random transforms {random}; the check needs a deterministic one')
     if not any(t.split('.')[-1].startswith('LoadAnnotations') for t in types):
@@ -334,7 +331,7 @@ def render_markdown(report: dict) -> str:
     """The report as markdown."""
     s = report['settings']
     lines = [
-        f"# DDP check of {Path(s['config']).name}: {'PASS' if report['passed'] else 'FAIL'}",
+        f"# DDP check of {Path(s['config']).name}: {_verdict(report['passed']).upper()}",
         '',
         f"torch {report['env']['torch']} (CUDA {report['env']['cuda']}), GPUs: {', '.join(report['env']['gpus'])}",
         '',
@@ -411,36 +408,35 @@ def main() -> None:
         generate_shapes_dataset(data_root)
         set_data_root(cfg, str(Path(data_root).resolve()))
 
+    runs = {'single': 1, 'ddp': args.gpus}  # name: processes
     paths = {}
-    for name, gpus in (('single', 1), ('ddp', args.gpus)):
+    for name, gpus in runs.items():
         derived = derive_config(cfg, gpus=gpus, total_batch=args.total_batch, iters=args.iters, seed=args.seed,
                                 amp=args.amp, cuda_graph=args.backbone_cuda_graph and name == 'ddp')
         paths[name] = work_dir / 'configs' / f'{name}.py'
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         derived.dump(str(paths[name]))
 
+    checkpoints = {name: work_dir / name / f'iter_{args.iters}.pth' for name in paths}
+    commands, metrics = [], {}
     try:
-        commands = [train('train_single', paths['single'], work_dir / 'single', 1, logs_dir),
-                    train('train_ddp', paths['ddp'], work_dir / 'ddp', args.gpus, logs_dir)]
-        checkpoint = work_dir / 'ddp' / f'iter_{args.iters}.pth'
-        gpu_metrics, record = evaluate('test_gpu', paths['ddp'], checkpoint, work_dir / 'test_gpu', first_gpu,
-                                       logs_dir)
-        commands.append(record)
-        cpu_metrics, record = evaluate('test_cpu', paths['ddp'], checkpoint, work_dir / 'test_cpu', '', logs_dir)
-        commands.append(record)
+        for name, gpus in runs.items():
+            commands.append(train(f'train_{name}', paths[name], work_dir / name, gpus, logs_dir))
+        # the DDP checkpoint on one GPU (Triton kernels) and on the CPU (no visible GPU: the PyTorch reference)
+        for device, visible_devices in (('gpu', first_gpu), ('cpu', '')):
+            metrics[device], record = evaluate(f'test_{device}', paths['ddp'], checkpoints['ddp'],
+                                               work_dir / f'test_{device}', visible_devices, logs_dir)
+            commands.append(record)
     except CommandFailed as e:
         sys.exit(f'ddp_check: {e}')
 
     results = summarize(read_losses(work_dir / 'single' / 'losses.jsonl'),
                         read_losses(work_dir / 'ddp' / 'losses.jsonl'),
-                        param_diff(work_dir / 'single' / f'iter_{args.iters}.pth', checkpoint), gpu_metrics,
-                        cpu_metrics, gpus=args.gpus, compare_iters=args.compare_iters, rtol=args.rtol,
-                        metric=metric, points=points, metric_tol=args.metric_tol)
-    report = dict(
-        settings=dict(config=str(args.config), gpus=args.gpus, total_batch=args.total_batch, iters=args.iters,
-                      compare_iters=args.compare_iters, seed=args.seed, amp=args.amp, rtol=args.rtol,
-                      metric_tol=args.metric_tol),
-        env=environment(), **results, commands=commands)
+                        param_diff(checkpoints['single'], checkpoints['ddp']), metrics['gpu'], metrics['cpu'],
+                        gpus=args.gpus, compare_iters=args.compare_iters, rtol=args.rtol, metric=metric,
+                        points=points, metric_tol=args.metric_tol)
+    settings = {key: getattr(args, key) for key in SETTINGS}
+    report = dict(settings=dict(settings, config=str(args.config)), env=environment(), **results, commands=commands)
     (work_dir / 'report.json').write_text(json.dumps(_strict_json(report), indent=2) + '\n')
     markdown = render_markdown(report)
     (work_dir / 'report.md').write_text(markdown)
