@@ -26,8 +26,8 @@ import torch.nn as nn
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import load_checkpoint
 
+from mmvmamba.checkpoint import safe_load
 from mmvmamba.engine.config_utils import task_of
 from .onnx_scan import CHUNK, LEVELS, export_scan
 
@@ -171,10 +171,23 @@ def build_model(cfg: Config, checkpoint: str | Path | None) -> nn.Module:
     init_default_scope(cfg.default_scope)
     model = revert_sync_batchnorm(MODELS.build(cfg.model))
     if checkpoint is not None:
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f'checkpoint {checkpoint} does not exist')
-        load_checkpoint(model, str(checkpoint), map_location='cpu', strict=True)
+        load_model_checkpoint(model, checkpoint)
     return model.cpu().eval()
+
+
+def load_model_checkpoint(model: nn.Module, checkpoint: str | Path) -> None:
+    """Load a whole-model checkpoint into ``model``, strictly, through the checked ``weights_only`` loader.
+
+    mmengine's checkpoints pickle a HistoryBuffer and numpy values besides the weights; :func:`safe_load` allows
+    exactly those. Raises ValueError naming the missing and unexpected keys if the weights do not fit the model.
+    """
+    loaded = safe_load(checkpoint)
+    state_dict = loaded.get('state_dict', loaded)
+    state_dict = {key.removeprefix('module.'): value for key, value in state_dict.items()}  # saved from DDP
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f'checkpoint {checkpoint} does not fit the config\'s model: '
+                         f'missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}')
 
 
 def export_module(model: nn.Module, kind: str) -> nn.Module:

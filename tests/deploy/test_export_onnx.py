@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import MessageHub
 from mmengine.runner.checkpoint import save_checkpoint
 
 from mmvmamba.deploy.export import (
@@ -68,7 +69,12 @@ def seg_checkpoint(tmp_path_factory):
                 noise = torch.rand(tensor.shape, generator=generator) * 0.2
                 tensor.mul_(0.9 + noise) if name.endswith(('running_var', 'weight')) else tensor.add_(noise - 0.1)
     path = tmp_path_factory.mktemp('seg_ckpt') / 'upernet_demo.pth'
-    save_checkpoint({'state_dict': model.state_dict(), 'meta': {}}, str(path))
+    # What mmengine's runner writes besides the weights: a message hub (HistoryBuffer, numpy values) and meta.
+    hub = MessageHub.get_instance('deploy_test_checkpoint')
+    hub.update_scalar('train/loss', np.float64(0.5))
+    hub.update_info('iter', 3)
+    save_checkpoint({'state_dict': model.state_dict(), 'meta': {'seed': np.int64(0), 'iter': 3},
+                     'message_hub': hub.state_dict()}, str(path))
     return path, model.state_dict()
 
 
@@ -90,10 +96,14 @@ def test_build_model_loads_the_checkpoint_strictly(seg_checkpoint, tmp_path):
         torch.testing.assert_close(tensor, state_dict[name], msg=name)
     partial = {k: v for k, v in state_dict.items() if not k.startswith('decode_head.')}
     save_checkpoint({'state_dict': partial}, str(tmp_path / 'partial.pth'))
-    with pytest.raises(RuntimeError, match='decode_head'):
+    with pytest.raises(ValueError, match=r"missing keys \['decode_head\..*unexpected keys \[\]"):
         build_model(Config.fromfile(SEG_CONFIG), tmp_path / 'partial.pth')
     with pytest.raises(FileNotFoundError):
         build_model(Config.fromfile(SEG_CONFIG), tmp_path / 'missing.pth')
+    crafted = tmp_path / 'crafted.pth'  # a pickled type outside the allow-list is refused, not unpickled
+    torch.save({'state_dict': state_dict, 'meta': {'cfg': Config(dict(a=1))}}, str(crafted))
+    with pytest.raises(ValueError, match='refusing to load'):
+        build_model(Config.fromfile(SEG_CONFIG), crafted)
 
 
 def test_upernet_static_export_matches_pytorch(seg_export):
