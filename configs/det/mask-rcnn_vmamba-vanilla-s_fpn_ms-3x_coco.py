@@ -2,14 +2,14 @@
 # the recipe of mask-rcnn_vmamba-t_fpn_ms-3x_coco.py with this backbone.
 # Classification checkpoint for init_cfg (docs/model_zoo.md):
 # https://github.com/MzeroMiko/VMamba/releases/download/v0cls/vssmsmall_dp03_ckpt_epoch_238.pth
-# The official vanilla det/seg configs leave drop_path_rate at the constructor default 0.1 (not the
-# classification value), which this config keeps.
+# The official vanilla det configs do not set drop_path_rate: their backbone dict is merged into the Swin-T base's,
+# whose 0.2 the official MM_VSSM receives and trains with (not the constructor default 0.1).
 _base_ = ['./mask-rcnn_vmamba-t_fpn_ms-3x_coco.py']
 
 pretrained = 'checkpoints/vssmsmall_dp03_ckpt_epoch_238.pth'
 model = dict(
     backbone=dict(
         arch='vanilla-small',
-        drop_path_rate=0.1,
+        drop_path_rate=0.2,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     neck=dict(in_channels=[96, 192, 384, 768]))
