@@ -128,9 +128,10 @@ def test_drop_path_schedule_is_linear_over_all_blocks():
 
 def test_builds_on_the_meta_device_like_on_the_cpu():
     """Large models are built on 'meta' before weights are loaded: nothing in __init__ may read tensor values.
-    Run in a fresh interpreter: torch caches the set of constructors its device context redirects on first use, and
-    if that happens while tests/kernels/conftest.py has torch.empty patched, the real torch.empty is missing from
-    it for the rest of the process (in the full suite a parameter was then made on the CPU inside the context)."""
+    Run in a fresh interpreter: after the torch.compile tests of tests/kernels/test_api.py (which run with
+    tests/kernels/conftest.py's patched torch.empty), torch.empty inside ``torch.device('meta')`` makes CPU
+    tensors for the rest of that process, while torch.arange still makes meta ones (the cause inside torch is not
+    pinned down)."""
     script = textwrap.dedent(f"""
         import torch
         from mmvmamba import VMamba

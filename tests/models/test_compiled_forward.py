@@ -73,7 +73,7 @@ def _reference_launchers(monkeypatch):
     def forward(x, delta, A, B, C, D, delta_bias, weight, delta_dtype, delta_softplus, block_t, seg_chunks):
         out = mmvmamba_kernels.cross_selective_scan_ref(x, delta, A, B, C, D, delta_bias, delta_softplus, weight)
         hs = x.new_zeros(x.shape[0] * A.shape[0], -(-x.shape[2] * x.shape[3] // block_t), A.shape[1])
-        return out, hs
+        return out.contiguous(), hs
 
     def backward(x, delta, A, B, C, D, delta_bias, weight, delta_dtype, dout, hs, delta_softplus, block_t,
                  seg_chunks):
@@ -88,7 +88,9 @@ def _reference_launchers(monkeypatch):
         # autograd is off below a custom op's dispatch (thread-local state): a fresh thread has it on
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             leaves, grads = pool.submit(reference_grads).result()
-        grads = [g if g is not None or t is None else torch.zeros_like(t) for g, t in zip(grads, leaves)]
+        # contiguous, as the real launchers return them (Inductor checks the fake implementation's strides)
+        grads = [(g if g is not None or t is None else torch.zeros_like(t)) for g, t in zip(grads, leaves)]
+        grads = [g.contiguous() if g is not None else None for g in grads]
         dx, ddelta, dA, dB, dC, dD, ddb, dweight = grads
         dD = dD if dD is not None else x.new_zeros(A.shape[0])
         ddb = ddb if ddb is not None else x.new_zeros(A.shape[0])
