@@ -5,7 +5,8 @@ time than GPU time (docs/benchmarks.md). Inductor fuses the norms, casts, activa
 Triton scan kernels (opaque ``torch.library`` custom ops) into far fewer kernels, launched from generated code, so
 the host keeps ahead of the GPU. Height and width are compiled as symbols, so one graph serves every input size
 that is a multiple of 32 (COCO's keep-ratio batches, padded to 32 by mmdet, all differ): new sizes cost no compile
-and no capture. Other sizes run eagerly.
+and no capture. Other sizes run eagerly. The convolutions are opaque to Inductor while it compiles
+(layers/conv.py), whose own lowering of their backward would fix H and W.
 
 Dynamo compiles again only for what changes the graph: training or eval mode, grad mode, the autocast dtype, which
 parameters train, and a batch of 1 (sizes 0 and 1 are always specialised). Those are a handful per run; the first

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .conv import OpaqueConv2d
 from .layout import linear_layer, norm_layer, to_channel_first, to_channel_last
 
 
@@ -16,7 +17,7 @@ def patch_stem(in_channels: int, dim: int, patch_size: int, channel_first: bool)
     Output ``floor(H / p) x floor(W / p)``; leftover rows and columns are dropped.
     """
     return nn.Sequential(
-        nn.Conv2d(in_channels, dim, patch_size, stride=patch_size),
+        OpaqueConv2d(in_channels, dim, patch_size, stride=patch_size),
         to_channel_last(channel_first),
         norm_layer(dim, channel_first),
     )
@@ -30,12 +31,12 @@ def overlap_stem(in_channels: int, dim: int, patch_size: int, channel_first: boo
     stride = patch_size // 2
     kernel = stride + 1
     return nn.Sequential(
-        nn.Conv2d(in_channels, dim // 2, kernel, stride=stride, padding=1),
+        OpaqueConv2d(in_channels, dim // 2, kernel, stride=stride, padding=1),
         to_channel_last(channel_first),
         norm_layer(dim // 2, channel_first),  # fp32 under autocast: the GELU runs in fp32, as in the official model
         to_channel_first(channel_first),
         nn.GELU(),
-        nn.Conv2d(dim // 2, dim, kernel, stride=stride, padding=1),
+        OpaqueConv2d(dim // 2, dim, kernel, stride=stride, padding=1),
         to_channel_last(channel_first),
         norm_layer(dim, channel_first),
     )
@@ -45,7 +46,7 @@ def conv_downsample(dim: int, out_dim: int, channel_first: bool) -> nn.Sequentia
     """Official downsample "v3": 3x3 stride-2 convolution, then norm; output ``ceil(H / 2) x ceil(W / 2)``."""
     return nn.Sequential(
         to_channel_first(channel_first),
-        nn.Conv2d(dim, out_dim, 3, stride=2, padding=1),
+        OpaqueConv2d(dim, out_dim, 3, stride=2, padding=1),
         to_channel_last(channel_first),
         norm_layer(out_dim, channel_first),
     )

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mmvmamba_kernels import cross_selective_scan
+from .conv import OpaqueConv2d
 from .layout import linear_layer, norm_layer
 
 NUM_DIRECTIONS = 4
@@ -53,8 +54,8 @@ class SS2D(nn.Module):
         self.channel_first = channel_first
 
         self.in_proj = linear_layer(dim, d_inner * (2 if gate else 1), bias=False, channel_first=channel_first)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, conv_size, padding=(conv_size - 1) // 2, groups=d_inner,
-                                bias=conv_bias)
+        self.conv2d = OpaqueConv2d(d_inner, d_inner, conv_size, padding=(conv_size - 1) // 2, groups=d_inner,
+                                   bias=conv_bias)
         k = NUM_DIRECTIONS
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
         self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
